@@ -1,0 +1,46 @@
+# The project's front door: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8080
+MODEL_CACHE_DIR ?= $(CURDIR)/models
+MODEL_TYPE ?= dino_vitb16
+export MODEL_CACHE_DIR MODEL_TYPE
+
+.PHONY: help install install-test run test lint weights bench clean
+
+help:
+	@echo "make run      install what is needed, then start predictor + transformer on 127.0.0.1:$(PORT)"
+	@echo "make test     install what is needed, then run the whole test suite"
+	@echo "make weights  fetch the official DreamSim weights into MODEL_CACHE_DIR"
+
+$(VENV)/.installed-runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-runtime
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed-runtime
+install-test: $(VENV)/.installed-test
+
+run: $(VENV)/.installed-runtime
+	PORT=$(PORT) $(PY) scripts/run_local.py
+
+weights: $(VENV)/.installed-runtime
+	$(PY) -m predictor.weights --model-type $(MODEL_TYPE) --cache-dir $(MODEL_CACHE_DIR)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.installed-test lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
