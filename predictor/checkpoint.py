@@ -1,0 +1,183 @@
+"""Reading DreamSim weights from the upstream cache layout, LoRA merged in.
+
+Follows dreamsim 0.2.1: backbones as ``ViTExtractor.create_model`` loads them
+(``checkpoints/dino_vitbase16_pretrain.pth`` through torch.hub for DINO;
+``{clip,open_clip}_vitb16_pretrain.pth.tar`` as ``{"state_dict": ..., "proj" inside}``),
+and the LoRA adapter as ``PeftModel.from_pretrained`` reads it (``adapter_config.json``
+plus ``adapter_model.safetensors`` or ``adapter_model.bin``). With ``bias="none"`` and no
+dropout at inference, merging is exact up to rounding: ``W' = W + scale * B @ A`` with
+``scale = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .layout import ADAPTER_WEIGHT_FILES, Backbone, Variant
+
+StateDict = dict[str, torch.Tensor]
+
+# peft saves adapter keys as base_model.model.<module path>.lora_{A,B}.weight; in
+# DreamSim's PerceptualModel the ViTs sit at extractor_list.<i>.model.
+_LORA_KEY = re.compile(r"^base_model\.model\.extractor_list\.(\d+)\.model\.(.+)\.lora_([AB])\.weight$")
+
+
+class WeightsError(RuntimeError):
+    """The weights in MODEL_CACHE_DIR are missing, incomplete or unreadable."""
+
+
+def _how_to_fetch(variant: Variant, cache_dir: Path) -> str:
+    return (
+        f"Fetch them with `python -m predictor.weights --model-type {variant.name} "
+        f"--cache-dir {cache_dir}` (or `make weights`), or copy an existing upstream dreamsim "
+        f"cache there; see README, 'Getting the weights'."
+    )
+
+
+def check_files(cache_dir: Path, variant: Variant) -> None:
+    """Raise WeightsError naming every missing file, before anything is loaded."""
+    missing = [f for f in variant.required_files if not (cache_dir / f).is_file()]
+    lora = cache_dir / variant.lora_dir
+    if not any((lora / name).is_file() for name in ADAPTER_WEIGHT_FILES):
+        missing.append(f"{variant.lora_dir}/{' or '.join(ADAPTER_WEIGHT_FILES)}")
+    if missing:
+        raise WeightsError(
+            f"DreamSim weights for MODEL_TYPE={variant.name} are incomplete in {cache_dir}: "
+            f"missing {', '.join(missing)}. {_how_to_fetch(variant, cache_dir)}"
+        )
+
+
+def _torch_load(path: Path, variant: Variant, cache_dir: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a torch file
+        raise WeightsError(
+            f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}. The file looks corrupt "
+            f"or truncated; delete it and fetch it again. {_how_to_fetch(variant, cache_dir)}"
+        ) from e
+
+
+def load_backbone_state(cache_dir: Path, backbone: Backbone, variant: Variant) -> StateDict:
+    """The backbone's state dict, renamed to ``predictor.vit.ViT``'s parameter names."""
+    path = cache_dir / backbone.weights_file
+    raw = _torch_load(path, variant, cache_dir)
+    if backbone.kind == "clip":
+        if not isinstance(raw, dict) or "state_dict" not in raw:
+            raise WeightsError(f"{path} has no 'state_dict' entry; not an upstream DreamSim file")
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path} does not hold a state dict")
+    state: StateDict = {}
+    for key, value in raw.items():
+        if backbone.kind == "dino" and key.startswith(("norm.", "head.")):
+            continue  # DreamSim's DINO feature is taken before the final norm
+        if key.startswith("pos_drop."):
+            key = "ln_pre." + key.removeprefix("pos_drop.")
+        state[key] = value
+    return state
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter as released: its config and per-backbone (A, B) pairs.
+
+    Attributes:
+        config: the parsed ``adapter_config.json``.
+        pairs: ``pairs[i][module_path] = (A, B)`` for backbone ``i``.
+    """
+
+    config: dict[str, Any]
+    pairs: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]
+
+    def scale(self, module_path: str, rank: int) -> float:
+        """``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``), honouring per-module patterns."""
+        alpha = float(self.config["lora_alpha"])
+        for pattern, value in (self.config.get("alpha_pattern") or {}).items():
+            if re.match(rf"(.*\.)?{pattern}$", module_path):
+                alpha = float(value)
+        if self.config.get("use_rslora"):
+            return alpha / math.sqrt(rank)
+        return alpha / rank
+
+
+def _targets(config: dict[str, Any], name: str) -> bool:
+    """peft's rule: a string is a full-match regex; a list matches a name or a name suffix."""
+    targets = config["target_modules"]
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def load_lora(cache_dir: Path, variant: Variant) -> LoraAdapter:
+    """Read the variant's adapter; config values are read, never assumed."""
+    lora_dir = cache_dir / variant.lora_dir
+    config_path = lora_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot read {config_path}: {e}. {_how_to_fetch(variant, cache_dir)}") from e
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise WeightsError(f"{config_path} has no {key!r}; not a LoRA adapter config")
+    if config.get("bias", "none") != "none" or config.get("use_dora"):
+        raise WeightsError(
+            f"{config_path}: only bias='none' non-DoRA LoRA adapters can be merged "
+            f"(bias={config.get('bias')!r}, use_dora={config.get('use_dora')!r})"
+        )
+
+    safetensors_path = lora_dir / "adapter_model.safetensors"
+    if safetensors_path.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            tensors: StateDict = load_file(str(safetensors_path))
+        except Exception as e:
+            raise WeightsError(f"cannot read {safetensors_path}: {e}") from e
+    else:
+        tensors = _torch_load(lora_dir / "adapter_model.bin", variant, cache_dir)
+
+    halves: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = _LORA_KEY.match(key)
+        if m is None:
+            raise WeightsError(f"{lora_dir}: unexpected adapter tensor {key!r}; cannot merge it")
+        index, path, half = int(m.group(1)), m.group(2), m.group(3)
+        if index >= len(variant.backbones):
+            raise WeightsError(f"{lora_dir}: tensor {key!r} is for backbone {index}, "
+                               f"but {variant.name} has {len(variant.backbones)}")
+        if not _targets(config, f"extractor_list.{index}.model.{path}"):
+            raise WeightsError(f"{lora_dir}: {key!r} is not a target of {config['target_modules']!r}")
+        halves.setdefault((index, path), {})[half] = value
+    pairs: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for (index, path), ab in halves.items():
+        if set(ab) != {"A", "B"}:
+            raise WeightsError(f"{lora_dir}: {path} of backbone {index} lacks lora_A or lora_B")
+        pairs.setdefault(index, {})[path] = (ab["A"], ab["B"])
+    if not pairs:
+        raise WeightsError(f"{lora_dir}: the adapter holds no LoRA tensors")
+    return LoraAdapter(config=config, pairs=pairs)
+
+
+def merge_lora(state: StateDict, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+               adapter: LoraAdapter) -> StateDict:
+    """Return ``state`` with ``W + scale * B @ A`` for every adapted Linear (in float64)."""
+    merged = dict(state)
+    for path, (a, b) in pairs.items():
+        key = f"{path}.weight"
+        if key not in merged:
+            raise WeightsError(f"LoRA targets {path!r}, which the backbone does not have")
+        w = merged[key]
+        rank = a.shape[0]
+        assert b.shape == (w.shape[0], rank) and a.shape == (rank, w.shape[1]), (
+            f"LoRA shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit {key} {tuple(w.shape)}"
+        )
+        delta = adapter.scale(path, rank) * (b.double() @ a.double())
+        merged[key] = (w.double() + delta).to(w.dtype)
+    return merged

@@ -1,0 +1,153 @@
+"""DreamSim embeddings: load a variant from the upstream cache, embed uint8 images.
+
+The computation is dreamsim 0.2.1's ``PerceptualModel.embed`` with ``normalize_embeds=True``:
+features of each backbone concatenated in upstream order, then each embedding has its
+mean over features subtracted and is L2-normalised, so that
+``distance = 1 - <e_a, e_b>`` equals upstream's ``1 - cosine_similarity``. No kserve here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import WeightsError, check_files, load_backbone_state, load_lora, merge_lora
+from .layout import Variant, get_variant
+from .vit import ViT
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``cuda`` falls back to ``cpu`` with a warning when no GPU is usable."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("DEVICE=%s requested but CUDA is not available; running on CPU", requested)
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp16 on CUDA, fp32 on CPU; otherwise as named."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[precision]
+
+
+class DreamSimEmbedder(nn.Module):
+    """Normalised DreamSim embeddings of uint8 images.
+
+    Args:
+        variant: the DreamSim variant (its backbones, in embedding order).
+    """
+
+    def __init__(self, variant: Variant) -> None:
+        super().__init__()
+        self.variant = variant
+        self.backbones = nn.ModuleList(
+            ViT(
+                kind=b.kind,
+                eps=b.layer_norm_eps,
+                quick_gelu=b.quick_gelu,
+                mean=b.mean,
+                std=b.std,
+                proj_dim=b.feature_dim if b.kind == "clip" else None,
+            )
+            for b in variant.backbones
+        )
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.variant.embedding_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, 224, 224] on the model's device -> fp32 [B, D], unit norm, zero mean."""
+        feats = torch.cat([bb(images).float() for bb in self.backbones], dim=-1)
+        feats = feats - feats.mean(dim=1, keepdim=True)
+        return feats / feats.norm(dim=1, keepdim=True)
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor, *, batch_size: int) -> torch.Tensor:
+        """Embed any number of images in chunks of at most ``batch_size``; fp32 on CPU."""
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, (
+            f"expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+        )
+        device = self.backbones[0].cls_token.device
+        out = torch.empty((images.shape[0], self.embedding_dim), dtype=torch.float32)
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start : start + batch_size].to(device, non_blocking=True)
+            out[start : start + chunk.shape[0]] = self(chunk).cpu()
+        return out
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready embedder and what it runs on.
+
+    Attributes:
+        embedder: the model, in eval mode, on ``device`` in ``dtype``.
+        device: where it runs.
+        dtype: the weights' dtype.
+        load_seconds: wall time of loading (files to ready weights, before warm-up).
+    """
+
+    embedder: DreamSimEmbedder
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+
+
+def load_model(*, cache_dir: Path | str, variant: str, device: str, precision: str) -> LoadedModel:
+    """Load a DreamSim variant from an upstream-layout cache, LoRA merged.
+
+    Args:
+        cache_dir: MODEL_CACHE_DIR, in the layout ``dreamsim(cache_dir=...)`` leaves.
+        variant: MODEL_TYPE (``dino_vitb16`` or ``ensemble``).
+        device: ``cuda``, ``cuda:N`` or ``cpu``; ``cuda`` without a GPU falls back to CPU.
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
+
+    Raises:
+        WeightsError: a file is missing or unreadable (the message says how to fetch it).
+        ValueError: an unknown variant or precision.
+    """
+    start = time.perf_counter()
+    spec = get_variant(variant)
+    cache = Path(cache_dir).expanduser().resolve()
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    check_files(cache, spec)
+    adapter = load_lora(cache, spec)
+
+    with torch.device("meta"):
+        embedder = DreamSimEmbedder(spec)
+    for index, (backbone, vit) in enumerate(zip(spec.backbones, embedder.backbones, strict=True)):
+        state = load_backbone_state(cache, backbone, spec)
+        state = merge_lora(state, adapter.pairs.get(index, {}), adapter)
+        try:
+            vit.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as e:
+            raise WeightsError(
+                f"{cache / backbone.weights_file} does not match a ViT-B/16 {backbone.name}: "
+                f"{str(e)[:300]}"
+            ) from e
+        # Buffers are not in the checkpoint: make them real tensors again.
+        vit.mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+        vit.std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    embedder = embedder.to(dtype).to(dev).eval().requires_grad_(False)
+    for vit in embedder.backbones:  # the input normalisation stays in fp32
+        vit.mean, vit.std = vit.mean.float(), vit.std.float()
+    return LoadedModel(embedder=embedder, device=dev, dtype=dtype,
+                       load_seconds=time.perf_counter() - start)
+
+
+__all__ = ["DreamSimEmbedder", "LoadedModel", "WeightsError", "load_model", "resolve_device",
+           "resolve_dtype", "PRECISIONS"]

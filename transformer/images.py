@@ -1,0 +1,264 @@
+"""Decode client image inputs into the exact pixels DreamSim sees.
+
+Reference: ``dreamsim`` 0.2.1, ``dreamsim/model.py``, the ``preprocess`` closure returned by
+``dreamsim()``::
+
+    t = transforms.Compose([
+        transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+    ])
+    preprocess = lambda pil_img: t(pil_img.convert("RGB")).unsqueeze(0)
+
+This module does the same steps (Pillow ``convert("RGB")``, then the resize torchvision
+0.29 performs on a PIL image, which is ``img.resize((w, h), Image.BICUBIC)``: Pillow's
+antialiased bicubic) and stops before ``ToTensor``: it returns uint8 ``[3, 224, 224]``.
+``ToTensor``'s division by 255 happens in the predictor, so sending uint8 is lossless and a
+quarter of the float32 size. The output is bit-identical to DreamSim's preprocess
+(``tests/test_preprocessing.py`` checks this against the upstream package).
+
+Parity notes:
+- EXIF orientation is NOT applied: DreamSim does not call ``ImageOps.exif_transpose``, so a
+  rotated-by-EXIF photo is compared as stored.
+- Animated images (GIF, APNG, WebP) use their first frame, as ``Image.open`` does.
+
+It also classifies request strings (:func:`parse_image_input`): http(s) URL, ``data:`` URI or
+raw base64 (standard or URL-safe alphabet, whitespace and missing padding tolerated).
+
+Everything here is a pure function with no shared mutable state except one lock (see
+:data:`_OPEN_LOCK`), so it is safe to call from a thread pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SIZE = 224
+"""Side of the square DreamSim input (``dreamsim_args["img_size"]``)."""
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Largest ``width * height`` accepted by default: Pillow's ``Image.MAX_IMAGE_PIXELS``."""
+
+_MB = 1_000_000
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# Base64 in either alphabet, '=' padding, and whitespace (removed before decoding).
+_B64_INVALID_RE = re.compile(r"[^A-Za-z0-9+/=\-_\s]")
+_WHITESPACE_RE = re.compile(r"\s+")
+_URLSAFE_TO_STD = str.maketrans("-_", "+/")
+_BOMB_SIZE_RE = re.compile(r"Image size \((\d+) pixels\)")  # Pillow's bomb message
+
+# `warnings.catch_warnings` swaps the process-wide filter list; two threads nesting it can
+# leave the "error" filter installed for good. The lock serialises only `Image.open` (header
+# parsing, microseconds); decoding and resizing run outside it.
+_OPEN_LOCK = threading.Lock()
+
+
+class ImageInputError(ValueError):
+    """A client-side problem with one image input; `reason` is a short human sentence."""
+
+    def __init__(self, reason: str) -> None:
+        """Store the reason.
+
+        Args:
+            reason: Short human-readable sentence, safe to return to the client.
+        """
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What a request string refers to: exactly one of `url` and `data` is set.
+
+    Attributes:
+        url: The http(s) URL to fetch, or None.
+        data: The decoded bytes of a base64 / data URI input, or None.
+    """
+
+    url: str | None
+    data: bytes | None
+
+
+def parse_image_input(value: str, *, max_bytes: int) -> ImageRef:
+    """Classify a request string as an http(s) URL, a base64 data URI or raw base64.
+
+    Args:
+        value: The string from the request.
+        max_bytes: Largest accepted decoded size for base64 inputs. URLs are not fetched
+            here; the fetcher applies its own limit.
+
+    Returns:
+        An :class:`ImageRef` with `url` set for http(s) URLs, `data` set otherwise.
+
+    Raises:
+        ImageInputError: Empty string, unsupported URL scheme, malformed data URI, invalid
+            base64, or decoded size over `max_bytes`.
+    """
+    if not isinstance(value, str):
+        raise ImageInputError(f"image must be a string, not {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise ImageInputError("empty image string")
+    offset = len(value) - len(value.lstrip())  # so error positions refer to `value`
+
+    match = _SCHEME_RE.match(text)
+    if match is None:  # base64 has no ':', so anything else with a scheme is a URI
+        return ImageRef(url=None, data=_decode_base64(text, offset, max_bytes))
+
+    scheme = match.group(1).lower()
+    if scheme in ("http", "https"):
+        if not urlsplit(text).hostname:
+            raise ImageInputError("URL has no host")
+        return ImageRef(url=text, data=None)
+    if scheme == "data":
+        header, comma, payload = text[len("data:") :].partition(",")
+        if not comma:
+            raise ImageInputError("data URI has no ',' between its header and its data")
+        # data:[<mediatype>][;param=value]*[;base64],<data>; the media type is ignored
+        # because the decoder sniffs the bytes.
+        if header.split(";")[-1].strip().lower() != "base64":
+            raise ImageInputError(
+                "data URI is not base64-encoded; use 'data:<media type>;base64,<data>'"
+            )
+        if not payload.strip():
+            raise ImageInputError("empty image string")
+        start = offset + len("data:") + len(header) + 1
+        return ImageRef(url=None, data=_decode_base64(payload, start, max_bytes))
+    raise ImageInputError(f"unsupported URL scheme '{scheme}'; use http(s), a data URI or base64")
+
+
+def _decode_base64(text: str, offset: int, max_bytes: int) -> bytes:
+    """Decode lenient base64 (whitespace, URL-safe alphabet, missing padding).
+
+    Args:
+        text: The base64 payload.
+        offset: Position of `text` in the client's string, for error messages.
+        max_bytes: Largest accepted decoded size.
+
+    Returns:
+        The decoded bytes.
+
+    Raises:
+        ImageInputError: Invalid base64 or too large.
+    """
+    # Cheap bound on the raw length first so a huge string is neither copied nor decoded;
+    # whitespace can only make the real size smaller, so allow generous MIME line breaks.
+    if len(text) * 3 // 4 > max_bytes * 2:
+        raise ImageInputError(
+            f"image is about {len(text) * 3 / 4 / _MB:.1f} MB decoded, "
+            f"over the {max_bytes / _MB:g} MB limit"
+        )
+    bad = _B64_INVALID_RE.search(text)
+    if bad is not None:
+        raise ImageInputError(
+            f"not valid base64 (invalid character at position {offset + bad.start()})"
+        )
+    compact = _WHITESPACE_RE.sub("", text)
+    body = compact.rstrip("=")
+    if not body:
+        raise ImageInputError("empty image string")
+    if "=" in body or len(compact) - len(body) > 2:
+        raise ImageInputError("not valid base64 ('=' padding in the wrong place)")
+    if len(body) % 4 == 1:
+        raise ImageInputError("not valid base64 (truncated: length is 1 more than a multiple of 4)")
+    size = len(body) * 3 // 4  # exact decoded size, padding or not
+    if size > max_bytes:
+        raise ImageInputError(
+            f"image is {size / _MB:.1f} MB decoded, over the {max_bytes / _MB:g} MB limit"
+        )
+    padded = body.translate(_URLSAFE_TO_STD) + "=" * (-len(body) % 4)
+    try:
+        return base64.b64decode(padded, validate=True)
+    except binascii.Error as exc:  # unreachable after the checks above; kept as a guard
+        raise ImageInputError("not valid base64") from exc
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to DreamSim's 224x224 RGB input, as uint8.
+
+    Steps match DreamSim 0.2.1's ``preprocess`` up to ``ToTensor``: first frame, Pillow
+    ``convert("RGB")``, Pillow bicubic (antialiased) resize to 224x224 as torchvision's
+    ``Resize`` does for PIL images. EXIF orientation is not applied (DreamSim does not).
+
+    Args:
+        data: Encoded image bytes in any format Pillow reads (PNG, JPEG, WebP, GIF, BMP,
+            TIFF, ...); the format is sniffed from the bytes.
+        max_pixels: Largest accepted ``width * height``, checked from the header before any
+            pixel is decoded (decompression bombs). Pillow's own ``Image.MAX_IMAGE_PIXELS``
+            (its bomb warning, made an error here) still applies first, so values above it
+            have no effect.
+
+    Returns:
+        A C-contiguous uint8 array of shape ``[3, 224, 224]`` (CHW, RGB).
+
+    Raises:
+        ImageInputError: Unrecognised format, truncated or corrupt data, zero or too many
+            pixels. No Pillow or OS exception escapes.
+    """
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; make both
+            # errors (our own `max_pixels` check below is the one that normally applies).
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageInputError("not a recognised image format") from None
+    except Exception:  # any other Pillow failure while reading the header
+        raise ImageInputError("truncated or corrupt image data") from None
+
+    with img:
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageInputError("image has zero width or height")
+        if width * height > max_pixels:
+            raise ImageInputError(
+                f"image is {width}x{height} = {width * height} pixels, "
+                f"over the limit of {max_pixels}"
+            )
+        try:
+            img.seek(0)  # first frame of animations (Image.open is already there)
+            img.load()
+            rgb = img.convert("RGB")
+        except Exception:  # OSError "image file is truncated", SyntaxError, zlib errors...
+            raise ImageInputError("truncated or corrupt image data") from None
+
+    return _to_chw(_resize_like_torchvision(rgb))
+
+
+def _bomb_reason(exc: Exception, max_pixels: int) -> str:
+    """Reason for an image Pillow refused at open time, before our own size check ran."""
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    match = _BOMB_SIZE_RE.search(str(exc))
+    if match is None:
+        return f"image is over the limit of {limit} pixels"
+    return f"image is {match.group(1)} pixels, over the limit of {limit}"
+
+
+def _resize_like_torchvision(img: Image.Image) -> Image.Image:
+    """Resize as ``torchvision.transforms.Resize((224, 224), BICUBIC)`` does on a PIL image.
+
+    torchvision 0.29 ``functional.resize`` returns the image unchanged when it already has
+    the target size, otherwise calls ``_functional_pil.resize``, which is
+    ``img.resize(tuple(size[::-1]), Image.BICUBIC)`` (size given as (h, w)).
+    """
+    if img.size == (IMAGE_SIZE, IMAGE_SIZE):
+        return img
+    return img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+
+
+def _to_chw(img: Image.Image) -> np.ndarray:
+    """Convert an RGB PIL image to a C-contiguous uint8 CHW array."""
+    hwc = np.asarray(img, dtype=np.uint8)
+    assert hwc.shape == (IMAGE_SIZE, IMAGE_SIZE, 3), f"unexpected image shape {hwc.shape}"
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1))
