@@ -38,7 +38,6 @@ from predictor.layout import (
     get_variant,
 )
 
-CHUNK_SIZE = 1 << 20
 PROGRESS_STEPS = 10
 # Without a Content-Length there is no percentage; report every this many bytes instead.
 PROGRESS_UNKNOWN_TOTAL_EVERY = 64 << 20
@@ -159,8 +158,10 @@ def download(client: httpx.Client, url: str, dest: Path, manual_step: str) -> Pa
     """
     part = part_path(dest)
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # identity: byte counts and Range offsets must refer to the file itself, not a gzip of it
+    headers = {"Accept-Encoding": "identity"}
     if offset:
+        headers["Range"] = f"bytes={offset}-"
         print(f"resuming {part.name} at {offset / 1e6:.1f} MB", file=sys.stderr)
     try:
         with client.stream("GET", url, headers=headers) as response:
@@ -199,7 +200,7 @@ def _write_body(response: httpx.Response, part: Path, offset: int, total: int | 
     progress = _Progress(part.name.removesuffix(".part"), offset, total)
     done = offset
     with part.open("ab" if offset else "wb") as out:
-        for chunk in response.iter_bytes(CHUNK_SIZE):
+        for chunk in response.iter_raw():
             out.write(chunk)
             done += len(chunk)
             progress.update(done)
@@ -316,7 +317,8 @@ def fetch_release(
     if not force and _release_present(cache_dir, variant):
         print(f"already present: {', '.join(variant.release_files)} in {cache_dir}")
         return
-    zip_path = cache_dir / PurePosixPath(httpx.URL(url).path).name
+    zip_name = PurePosixPath(httpx.URL(url).path).name or f"dreamsim_{variant.name}.zip"
+    zip_path = cache_dir / zip_name
     if force:
         part_path(zip_path).unlink(missing_ok=True)
         zip_path.unlink(missing_ok=True)
