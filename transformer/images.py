@@ -49,7 +49,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 """Largest ``width * height`` accepted by default: Pillow's ``Image.MAX_IMAGE_PIXELS``."""
 
 _MB = 1_000_000
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]{0,31}):")  # bounded: no 100 MB scan
 # Base64 in either alphabet, '=' padding, and whitespace (removed before decoding).
 _B64_INVALID_RE = re.compile(r"[^A-Za-z0-9+/=\-_\s]")
 _WHITESPACE_RE = re.compile(r"\s+")
@@ -230,6 +230,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             img.seek(0)  # first frame of animations (Image.open is already there)
             img.load()
             rgb = img.convert("RGB")
+        except Image.DecompressionBombError as exc:  # plugins that pick a frame size on load
+            raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
         except Exception:  # OSError "image file is truncated", SyntaxError, zlib errors...
             raise ImageInputError("truncated or corrupt image data") from None
 

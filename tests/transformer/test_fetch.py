@@ -1,0 +1,217 @@
+"""`transformer.fetch` against a real HTTP server on 127.0.0.1 (stdlib, one thread per client)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
+
+import httpx
+import pytest
+
+from transformer.fetch import MAX_REDIRECTS, USER_AGENT, FetchError, fetch_image_bytes, make_client
+
+T = TypeVar("T")
+IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # 10 KB; the fetcher does not decode
+MAX_BYTES = 20_000_000
+DRIP_LIMIT_S = 20.0  # the drip routes stop on their own after this, whatever the client does
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen_user_agents: list[str] = []
+
+    def log_message(self, format: str, *args: object) -> None:  # keep the test output quiet
+        pass
+
+    def _headers(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        Handler.seen_user_agents.append(self.headers.get("User-Agent", ""))
+        path = self.path
+        try:
+            if path == "/image.png":
+                self._headers(200, {"Content-Type": "image/png", "Content-Length": str(len(IMAGE))})
+                self.wfile.write(IMAGE)
+            elif path in ("/404", "/500"):
+                body = b"nope"
+                self._headers(int(path[1:]), {"Content-Length": str(len(body))})
+                self.wfile.write(body)
+            elif path.startswith("/redirect/"):
+                hops = int(path.rsplit("/", 1)[1])
+                target = f"/redirect/{hops - 1}" if hops > 1 else "/image.png"
+                self._headers(302, {"Location": target, "Content-Length": "0"})
+            elif path == "/drip":  # headers at once, then one byte every 0.2 s
+                self._headers(200, {"Content-Length": "1000000"})
+                self._drip()
+            elif path == "/hang":  # never sends headers
+                time.sleep(DRIP_LIMIT_S)
+            elif path == "/huge-content-length":
+                self._headers(200, {"Content-Length": str(10**12)})
+                self.wfile.write(IMAGE)
+                self.wfile.flush()
+                time.sleep(1)
+            elif path == "/chunked-large":  # no Content-Length: 1 MB in 8 KB chunks
+                self._headers(200, {"Transfer-Encoding": "chunked"})
+                chunk = b"x" * 8192
+                for _ in range(128):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            elif path == "/chunked-small":
+                self._headers(200, {"Transfer-Encoding": "chunked"})
+                for i in range(0, len(IMAGE), 1000):
+                    part = IMAGE[i : i + 1000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self._headers(404, {"Content-Length": "0"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+
+    def _drip(self) -> None:
+        deadline = time.monotonic() + DRIP_LIMIT_S
+        while time.monotonic() < deadline:
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/image.png"  # nothing listens there any more
+
+
+def run(
+    make: Callable[[httpx.AsyncClient], Awaitable[T]], client: httpx.AsyncClient | None = None
+) -> T:
+    """Run `make(client)` in a fresh event loop with a client closed afterwards."""
+
+    async def main() -> T:
+        async with client if client is not None else make_client() as c:
+            return await make(c)
+
+    return asyncio.run(main())
+
+
+def fetch(url: str, *, timeout_s: float = 5.0, max_bytes: int = MAX_BYTES) -> bytes:
+    return run(lambda c: fetch_image_bytes(c, url, timeout_s=timeout_s, max_bytes=max_bytes))
+
+
+def fetch_error(url: str, *, timeout_s: float = 5.0, max_bytes: int = MAX_BYTES) -> FetchError:
+    with pytest.raises(FetchError) as excinfo:
+        fetch(url, timeout_s=timeout_s, max_bytes=max_bytes)
+    reason = excinfo.value.reason
+    assert "Traceback" not in reason and "\n" not in reason and len(reason) < 300
+    return excinfo.value
+
+
+def test_fetches_image(base_url: str) -> None:
+    Handler.seen_user_agents.clear()
+    assert fetch(f"{base_url}/image.png") == IMAGE
+    assert Handler.seen_user_agents == [USER_AGENT]
+
+
+def test_chunked_body_without_content_length(base_url: str) -> None:
+    assert fetch(f"{base_url}/chunked-small") == IMAGE
+
+
+def test_body_exactly_at_the_limit(base_url: str) -> None:
+    assert fetch(f"{base_url}/image.png", max_bytes=len(IMAGE)) == IMAGE
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_non_2xx(base_url: str, status: int) -> None:
+    err = fetch_error(f"{base_url}/{status}")
+    assert err.reason == f"URL answered HTTP {status}"
+    assert err.status_code == status
+
+
+def test_slow_drip_is_cut_by_the_overall_deadline(base_url: str) -> None:
+    start = time.perf_counter()
+    err = fetch_error(f"{base_url}/drip", timeout_s=1.0)
+    elapsed = time.perf_counter() - start
+    assert err.reason == "timed out after 1 s fetching the URL"
+    assert err.status_code is None
+    assert 0.9 < elapsed < 2.0
+
+
+def test_headers_that_never_come_are_cut_by_the_deadline(base_url: str) -> None:
+    start = time.perf_counter()
+    err = fetch_error(f"{base_url}/hang", timeout_s=0.5)
+    assert err.reason == "timed out after 0.5 s fetching the URL"
+    assert time.perf_counter() - start < 1.5
+
+
+def test_huge_content_length_rejected_before_the_body(base_url: str) -> None:
+    start = time.perf_counter()
+    err = fetch_error(f"{base_url}/huge-content-length")
+    assert err.reason == "image is larger than the 20 MB limit (Content-Length 1000000000000)"
+    assert time.perf_counter() - start < 0.9  # did not wait for the body the server stalls
+
+
+def test_chunked_body_over_the_limit(base_url: str) -> None:
+    err = fetch_error(f"{base_url}/chunked-large", max_bytes=100_000)
+    assert err.reason == "image is larger than the 0.1 MB limit"
+
+
+def test_redirects_followed_up_to_the_limit(base_url: str) -> None:
+    assert fetch(f"{base_url}/redirect/2") == IMAGE
+    assert fetch(f"{base_url}/redirect/{MAX_REDIRECTS}") == IMAGE
+
+
+@pytest.mark.parametrize("hops", [MAX_REDIRECTS + 1, 10])
+def test_too_many_redirects(base_url: str, hops: int) -> None:
+    err = fetch_error(f"{base_url}/redirect/{hops}")
+    assert err.reason == f"too many redirects (more than {MAX_REDIRECTS})"
+
+
+def test_too_many_redirects_with_a_client_built_elsewhere(base_url: str) -> None:
+    # httpx's default is 20 redirects; the fetcher's own check on response.history applies.
+    client = httpx.AsyncClient(trust_env=False)
+    with pytest.raises(FetchError) as excinfo:
+        run(
+            lambda c: fetch_image_bytes(
+                c, f"{base_url}/redirect/10", timeout_s=5.0, max_bytes=MAX_BYTES
+            ),
+            client,
+        )
+    assert excinfo.value.reason == f"too many redirects (more than {MAX_REDIRECTS})"
+
+
+def test_connection_refused() -> None:
+    err = fetch_error(closed_port_url())
+    assert err.reason.startswith("could not connect: ")
+    assert err.status_code is None
+
+
+def test_make_client_settings() -> None:
+    client = make_client(max_connections=3)
+    try:
+        assert client.headers["User-Agent"] == USER_AGENT
+        assert client.max_redirects == MAX_REDIRECTS
+        assert client.trust_env is False
+    finally:
+        asyncio.run(client.aclose())
