@@ -1,0 +1,7 @@
+"""``python -m predictor``: start the DreamSim predictor model server."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""The predictor as a KServe model server: thin glue around ``predictor.model``.
+
+Serves model ``dreamsim`` over gRPC v2 and REST v2. Input: one UINT8 tensor
+``[N, 3, 224, 224]`` (raw contents on gRPC). Output: one FP32 tensor ``embedding``
+``[N, D]`` of normalised DreamSim embeddings, with response parameters ``device``,
+``model_type`` and ``precision`` so that the transformer can report them. An empty batch
+(``N = 0``) is answered without running the model: the transformer uses it to describe
+the predictor for ``/health``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve import model_server as kserve_model_server
+from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
+from kserve.errors import InvalidInput
+
+from .checkpoint import WeightsError
+from .model import LoadedModel, load_model
+from .settings import PredictorSettings
+
+log = logging.getLogger("predictor")
+
+MODEL_NAME = "dreamsim"
+INPUT_NAME = "image"
+OUTPUT_NAME = "embedding"
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class DreamSimPredictor(Model):
+    """kserve Model: uint8 images in, normalised DreamSim embeddings out."""
+
+    def __init__(self, name: str, settings: PredictorSettings) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.loaded: LoadedModel | None = None
+        self._lock = asyncio.Lock()  # one forward pass at a time: they share the device
+
+    def load(self) -> bool:
+        """Load the weights, run a warm-up batch, then (only then) report ready."""
+        s = self.settings
+        self.loaded = load_model(cache_dir=s.model_cache_dir, variant=s.model_type,
+                                 device=s.device, precision=s.precision)
+        warm = torch.zeros((min(2, s.batch_size_limit), 3, 224, 224), dtype=torch.uint8)
+        self.loaded.embedder.embed(warm, batch_size=s.batch_size_limit)
+        log.info("loaded DreamSim %s from %s on %s (%s) in %.1f s; embedding dim %d",
+                 s.model_type, s.model_cache_dir, self.loaded.device, self.precision_name,
+                 self.loaded.load_seconds, self.loaded.embedder.embedding_dim)
+        self.ready = True
+        return self.ready
+
+    @property
+    def precision_name(self) -> str:
+        assert self.loaded is not None
+        return _DTYPE_NAMES[self.loaded.dtype]
+
+    def describe(self) -> dict[str, Any]:
+        """What the transformer reports in /health."""
+        assert self.loaded is not None
+        return {"device": self.loaded.device.type, "model_type": self.settings.model_type,
+                "precision": self.precision_name,
+                "embedding_dim": self.loaded.embedder.embedding_dim}
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        dim = self.loaded.embedder.embedding_dim if self.loaded else -1
+        return [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dim]}]
+
+    def _images(self, payload: InferRequest) -> np.ndarray:
+        if not isinstance(payload, InferRequest) or len(payload.inputs) != 1:
+            raise InvalidInput("expected exactly one input tensor of UINT8 [N, 3, 224, 224]")
+        tensor = payload.inputs[0]
+        shape = list(tensor.shape)
+        if tensor.datatype != "UINT8" or len(shape) != 4 or shape[1:] != [3, 224, 224]:
+            raise InvalidInput(f"expected UINT8 [N, 3, 224, 224], got {tensor.datatype} {shape}")
+        return tensor.as_numpy()
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> InferResponse:
+        """Embed a batch of images (chunked at BATCH_SIZE_LIMIT)."""
+        assert self.loaded is not None, "predict before load"
+        images = self._images(payload)
+        if images.shape[0] == 0:
+            embeddings = np.zeros((0, self.loaded.embedder.embedding_dim), dtype=np.float32)
+        else:
+            # np.frombuffer gives a read-only view; torch wants a writable array.
+            batch = torch.from_numpy(np.array(images, copy=True))
+            async with self._lock:
+                out = await asyncio.to_thread(self.loaded.embedder.embed, batch,
+                                              batch_size=self.settings.batch_size_limit)
+            embeddings = out.numpy()
+        output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape), datatype="FP32")
+        output.set_data_from_numpy(embeddings, binary_data=True)
+        return InferResponse(response_id=payload.id or "", model_name=self.name,
+                             infer_outputs=[output], parameters=self.describe(),
+                             use_binary_outputs=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m predictor [kserve ModelServer flags]``."""
+    parser = argparse.ArgumentParser(parents=[kserve_model_server.parser],
+                                     description="DreamSim predictor (KServe model server)")
+    parser.set_defaults(model_name=MODEL_NAME)
+    args, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = PredictorSettings()
+    except Exception as e:  # pydantic ValidationError: a bad env value fails at start-up
+        log.error("invalid configuration: %s", e)
+        return 2
+    # The largest allowed request must fit in one gRPC message (NOTES §4: 8 MiB default).
+    needed = settings.grpc_message_limit()
+    for flag in ("grpc_max_receive_message_length", "grpc_max_send_message_length"):
+        if getattr(kserve_model_server.args, flag) == MAX_GRPC_MESSAGE_LENGTH:
+            setattr(kserve_model_server.args, flag, max(needed, MAX_GRPC_MESSAGE_LENGTH))
+    model = DreamSimPredictor(args.model_name, settings)
+    try:
+        model.load()
+    except (WeightsError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    log.info("serving model %r: REST on :%d, gRPC on :%d (message limit %d bytes)",
+             args.model_name, args.http_port, args.grpc_port,
+             kserve_model_server.args.grpc_max_receive_message_length)
+    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1).start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

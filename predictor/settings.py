@@ -1,0 +1,33 @@
+"""Predictor configuration: environment variables, read and validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IMAGE_BYTES = 3 * 224 * 224  # one uint8 image tensor on the wire
+
+
+class PredictorSettings(BaseSettings):
+    """Settings of the predictor (env names are the field names, upper-cased)."""
+
+    model_config = SettingsConfigDict(protected_namespaces=(), extra="ignore")
+
+    device: str = Field("cuda", pattern=r"^(cuda(:\d+)?|cpu)$",
+                        description="where the model runs; cuda falls back to cpu with a warning")
+    model_type: Literal["dino_vitb16", "ensemble"] = Field("dino_vitb16",
+                                                           description="DreamSim variant")
+    model_cache_dir: Path = Field(Path("models"), description="weights, upstream cache layout")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on CUDA, fp32 on CPU")
+    batch_size_limit: int = Field(64, ge=1, le=4096,
+                                  description="largest batch sent through the model at once")
+    max_pairs_per_request: int = Field(128, ge=1, le=100_000,
+                                       description="sizes the gRPC message limit")
+
+    def grpc_message_limit(self) -> int:
+        """Bytes needed for the largest allowed request (two images a pair) plus headroom."""
+        return 2 * self.max_pairs_per_request * IMAGE_BYTES + (4 << 20)

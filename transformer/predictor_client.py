@@ -1,0 +1,147 @@
+"""gRPC v2 client for the predictor: raw uint8 tensors out, embeddings back.
+
+Built on KServe's own protobuf types and ``InferRequest``/``InferResponse`` conversions,
+with our own channel so that timeouts, retries and error messages are ours (KServe's
+``InferenceGRPCClient`` logs a traceback on every failed readiness check).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from kserve import InferInput, InferRequest, InferResponse
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+from .errors import PredictorFailed, PredictorTimeout, PredictorUnavailable
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "embedding"
+
+# A restarted predictor is back within a reconnect; retry UNAVAILABLE a few times quickly.
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.2s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The predictor's answer: ``vectors[i]`` is the embedding of image ``i``."""
+
+    vectors: np.ndarray
+    info: dict[str, Any]
+
+
+def _parameters(response: InferResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (response.parameters or {}).items():
+        if hasattr(value, "WhichOneof"):  # a protobuf InferParameter
+            kind = value.WhichOneof("parameter_choice")
+            out[key] = getattr(value, kind) if kind else None
+        else:
+            out[key] = value
+    return out
+
+
+class PredictorClient:
+    """Calls model ``model_name`` on ``host`` (``host:port``) over gRPC v2.
+
+    Args:
+        host: the predictor's gRPC address, ``host:port``.
+        model_name: the predictor's model name.
+        timeout_s: deadline of one inference call.
+        use_ssl: TLS to the predictor.
+    """
+
+    def __init__(self, host: str, *, model_name: str, timeout_s: float,
+                 use_ssl: bool = False) -> None:
+        self.host = host if ":" in host else f"{host}:{443 if use_ssl else 80}"
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.use_ssl = use_ssl
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: GRPCInferenceServiceStub | None = None
+
+    def _get_stub(self) -> GRPCInferenceServiceStub:
+        # Created lazily: a grpc.aio channel belongs to the event loop it was made in.
+        if self._stub is None:
+            options = [("grpc.max_send_message_length", -1),
+                       ("grpc.max_receive_message_length", -1),
+                       ("grpc.enable_retries", 1), ("grpc.service_config", _SERVICE_CONFIG)]
+            if self.use_ssl:
+                self._channel = grpc.aio.secure_channel(
+                    self.host, grpc.ssl_channel_credentials(), options=options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.host, options=options)
+            self._stub = GRPCInferenceServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None
+
+    def _error(self, e: grpc.aio.AioRpcError, timeout_s: float) -> Exception:
+        code, details = e.code(), (e.details() or "")[:300]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if "not ready" in details.lower():
+                return PredictorUnavailable("the model is still loading; retry shortly",
+                                            retry_after_s=5)
+            return PredictorUnavailable(
+                f"the predictor at {self.host} cannot be reached ({details or code.name})",
+                retry_after_s=5)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return PredictorTimeout(f"the predictor did not answer within {timeout_s:g} s",
+                                    retry_after_s=5)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return PredictorFailed(f"the predictor refused the batch as too large: {details}")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return PredictorUnavailable(
+                f"the predictor at {self.host} does not serve model {self.model_name!r}",
+                retry_after_s=5)
+        return PredictorFailed(f"the predictor failed: {code.name}: {details}")
+
+    async def embed(self, images: np.ndarray, *, request_id: str | None = None,
+                    timeout_s: float | None = None) -> Embeddings:
+        """Embeddings of uint8 images ``[N, 3, 224, 224]``, checked for shape and sanity."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        tensor = InferInput(name=INPUT_NAME, shape=list(images.shape), datatype="UINT8")
+        tensor.set_data_from_numpy(np.ascontiguousarray(images), binary_data=True)
+        request = InferRequest(model_name=self.model_name, infer_inputs=[tensor],
+                               request_id=request_id or uuid.uuid4().hex)
+        try:
+            raw = await self._get_stub().ModelInfer(request.to_grpc(), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise self._error(e, timeout) from None
+        response = InferResponse.from_grpc(raw)
+        try:
+            vectors = response.outputs[0].as_numpy()
+        except Exception as e:
+            raise PredictorFailed(f"the predictor's answer could not be read: {e}") from None
+        if vectors.ndim != 2 or vectors.shape[0] != images.shape[0]:
+            raise PredictorFailed(
+                f"the predictor answered {vectors.shape} for {images.shape[0]} images")
+        if not np.all(np.isfinite(vectors)):
+            raise PredictorFailed("the predictor answered non-finite embeddings")
+        return Embeddings(vectors=vectors, info=_parameters(response))
+
+    async def is_ready(self, *, timeout_s: float = 2.0) -> bool:
+        """Whether the predictor's model is loaded and warmed up (False when unreachable)."""
+        try:
+            reply = await self._get_stub().ModelReady(
+                pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.ready)
+
+    async def describe(self, *, timeout_s: float = 2.0) -> dict[str, Any]:
+        """Device, model type and precision, from an empty batch (no model run)."""
+        empty = np.zeros((0, 3, 224, 224), dtype=np.uint8)
+        return (await self.embed(empty, timeout_s=timeout_s)).info

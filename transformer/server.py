@@ -1,0 +1,260 @@
+"""The transformer as a KServe model server, plus the public routes.
+
+``SimilarityTransformer`` is a ``kserve.Model``: ``preprocess`` turns a similarity request
+into one uint8 batch of its distinct images, ``predict`` sends it to the predictor over
+gRPC v2 (raw contents), ``postprocess`` turns embeddings into scores. ``POST /similarity``
+and ``GET /health`` are added to KServe's FastAPI app (KServe 0.21 has no router hook:
+routes are added to ``kserve.model_server.app`` before the server starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from kserve import Model, ModelServer
+from kserve import model_server as kserve_model_server
+from pydantic import ValidationError
+
+from .errors import BadRequest, PredictorUnavailable, ServiceError, TooManyPairs
+from .fetch import make_client
+from .inputs import ImageLoader
+from .predictor_client import PredictorClient
+from .schemas import (
+    ErrorItem,
+    ErrorResponse,
+    HealthResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+)
+from .scoring import PairPlan, plan_pairs, score_pairs
+from .settings import TransformerSettings
+
+log = logging.getLogger("transformer")
+
+MODEL_NAME = "dreamsim"
+app = kserve_model_server.app
+
+
+@dataclass
+class Batch:
+    """A request on its way through the pipeline."""
+
+    request: SimilarityRequest
+    plan: PairPlan
+    images: np.ndarray  # uint8 [U, 3, 224, 224], U distinct images
+    embeddings: np.ndarray | None = None
+
+
+class SimilarityTransformer(Model):
+    """kserve transformer: image pairs in, DreamSim scores out.
+
+    Args:
+        name: model name, the same as the predictor's.
+        settings: limits and timeouts.
+        predictor_host: the predictor's gRPC ``host:port``.
+        use_ssl: TLS to the predictor.
+    """
+
+    def __init__(self, name: str, settings: TransformerSettings, *, predictor_host: str,
+                 use_ssl: bool = False) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.predictor = PredictorClient(predictor_host, model_name=name, use_ssl=use_ssl,
+                                         timeout_s=settings.predictor_timeout)
+        self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
+                                           thread_name_prefix="decode")
+        self._loader: ImageLoader | None = None
+        self.predictor_info: dict[str, Any] = {}
+
+    def load(self) -> bool:
+        # Nothing to load here; whether requests can be served is the predictor's readiness,
+        # which /health reports.
+        self.ready = True
+        return self.ready
+
+    @property
+    def loader(self) -> ImageLoader:
+        if self._loader is None:  # the HTTP client must be made inside the event loop
+            self._loader = ImageLoader(self.settings, executor=self.executor,
+                                       client=make_client(
+                                           max_connections=self.settings.url_fetch_concurrency))
+        return self._loader
+
+    def parse(self, body: Any) -> SimilarityRequest:
+        """Validate a request body; nothing is decoded or fetched before this passes."""
+        if isinstance(body, SimilarityRequest):
+            request = body
+        else:
+            try:
+                request = SimilarityRequest.model_validate(body)
+            except ValidationError as e:
+                raise BadRequest("the request body does not match the API",
+                                 _validation_items(e, body)) from None
+        limit = self.settings.max_pairs_per_request
+        if len(request.pairs) > limit:
+            raise TooManyPairs(
+                f"{len(request.pairs)} pairs in one request; the limit is {limit} "
+                f"(MAX_PAIRS_PER_REQUEST): split the request",
+                [ErrorItem(field="pairs", reason=f"{len(request.pairs)} > {limit}")])
+        return request
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:
+        """Validate, deduplicate, fetch and decode: the batch for the predictor."""
+        request = self.parse(payload)
+        plan = plan_pairs(request.pairs)
+        pair_ids = [p.pair_id for p in request.pairs]
+        images = await self.loader.load(plan, pair_ids)
+        return Batch(request=request, plan=plan, images=images)
+
+    async def predict(self, payload: Batch, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Batch:
+        """Embeddings of the batch's distinct images, from the predictor over gRPC v2."""
+        if len(payload.images):
+            result = await self.predictor.embed(payload.images)
+            payload.embeddings = result.vectors
+            self.predictor_info.update(result.info)
+        else:
+            payload.embeddings = np.zeros((0, 1), dtype=np.float32)
+        return payload
+
+    async def postprocess(self, result: Batch, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Scores in request order (``processing_time_ms`` is added by the route)."""
+        assert result.embeddings is not None
+        ids = [p.pair_id for p in result.request.pairs]
+        return {"scores": [s.model_dump() for s in score_pairs(result.embeddings,
+                                                               result.plan, ids)]}
+
+    async def health(self) -> tuple[bool, HealthResponse]:
+        """Predictor readiness and what it runs; device/type from an empty batch."""
+        ready = await self.predictor.is_ready()
+        if ready:
+            try:
+                self.predictor_info.update(await self.predictor.describe())
+            except ServiceError:
+                ready = False
+        return ready, HealthResponse(
+            status="healthy" if ready else "unavailable",
+            model_loaded=ready,
+            device=self.predictor_info.get("device"),
+            model_type=self.predictor_info.get("model_type"),
+        )
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _validation_items(error: ValidationError, body: Any) -> list[ErrorItem]:
+    items = []
+    pairs = body.get("pairs") if isinstance(body, dict) else None
+    for err in error.errors(include_url=False):
+        loc = list(err["loc"])
+        index = loc[1] if len(loc) >= 2 and loc[0] == "pairs" and isinstance(loc[1], int) else None
+        pair_id = None
+        if index is not None and isinstance(pairs, list) and isinstance(pairs[index], dict):
+            raw_id = pairs[index].get("pair_id")
+            pair_id = raw_id if isinstance(raw_id, str | int) else None
+        field = ".".join(str(p) for p in (loc[2:] if index is not None else loc)) or "body"
+        items.append(ErrorItem(index=index, pair_id=pair_id, field=field, reason=err["msg"]))
+    return items
+
+
+_service: SimilarityTransformer | None = None
+
+
+def set_service(service: SimilarityTransformer | None) -> None:
+    """Install the transformer the routes use (``main`` does it; tests may too)."""
+    global _service
+    _service = service
+
+
+def _error_response(e: ServiceError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status_code, headers=e.headers())
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (413, 422, 502, 503, 504)
+}
+
+
+@app.post("/similarity", response_model=SimilarityResponse, responses=_ERROR_RESPONSES)
+async def similarity(request: Request) -> JSONResponse:
+    """DreamSim distance and similarity for each image pair, in request order."""
+    started = time.perf_counter()
+    try:
+        if _service is None:
+            raise PredictorUnavailable("the service is starting", retry_after_s=5)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"the request body is not valid JSON: {e}") from None
+        result, _ = await _service(body, headers={"x-request-id": uuid.uuid4().hex})
+    except ServiceError as e:
+        if e.status_code >= 500:
+            log.warning("answering %d: %s", e.status_code, e.detail)
+        return _error_response(e)
+    except Exception:  # a bug: log it in full, answer without a traceback
+        log.exception("unexpected error in /similarity")
+        return JSONResponse(ErrorResponse(detail="internal error; see the server log").model_dump(),
+                            status_code=500)
+    result["processing_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return JSONResponse(result)
+
+
+@app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def health() -> JSONResponse:
+    """Whether a request would be served now, and by what model on what device."""
+    if _service is None:
+        body = HealthResponse(status="unavailable", model_loaded=False, device=None,
+                              model_type=None)
+        return JSONResponse(body.model_dump(), status_code=503)
+    ready, body = await _service.health()
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m transformer --predictor_host HOST:PORT [kserve flags]``."""
+    parser = argparse.ArgumentParser(parents=[kserve_model_server.parser],
+                                     description="DreamSim transformer (public API)")
+    parser.set_defaults(model_name=MODEL_NAME, predictor_protocol="grpc-v2", enable_grpc=False)
+    args, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.predictor_host:
+        log.error("--predictor_host HOST:PORT (the predictor's gRPC address) is required")
+        return 2
+    if args.predictor_protocol != "grpc-v2":
+        log.error("only --predictor_protocol grpc-v2 is supported, got %r", args.predictor_protocol)
+        return 2
+    if args.workers != 1:
+        # KServe sets the predictor config before forking workers; they would not see it.
+        log.error("the transformer runs exactly one worker; got --workers %d", args.workers)
+        return 2
+    try:
+        settings = TransformerSettings()
+    except ValidationError as e:
+        log.error("invalid configuration: %s", e)
+        return 2
+    service = SimilarityTransformer(args.model_name, settings, predictor_host=args.predictor_host,
+                                    use_ssl=args.predictor_use_ssl)
+    service.load()
+    set_service(service)
+    log.info("transformer for model %r on :%d, predictor at %s (grpc-v2)",
+             args.model_name, args.http_port, args.predictor_host)
+    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+                enable_grpc=args.enable_grpc).start([service])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
