@@ -26,7 +26,8 @@ StateDict = dict[str, torch.Tensor]
 
 # peft saves adapter keys as base_model.model.<module path>.lora_{A,B}.weight; in
 # DreamSim's PerceptualModel the ViTs sit at extractor_list.<i>.model.
-_LORA_KEY = re.compile(r"^base_model\.model\.extractor_list\.(\d+)\.model\.(.+)\.lora_([AB])\.weight$")
+_LORA_KEY = re.compile(
+    r"^base_model\.model\.extractor_list\.(\d+)\.model\.(.+)\.lora_([AB])\.weight$")
 
 
 class WeightsError(RuntimeError):
@@ -122,7 +123,8 @@ def load_lora(cache_dir: Path, variant: Variant) -> LoraAdapter:
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {config_path}: {e}. {_how_to_fetch(variant, cache_dir)}") from e
+        raise WeightsError(
+            f"cannot read {config_path}: {e}. {_how_to_fetch(variant, cache_dir)}") from e
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise WeightsError(f"{config_path} has no {key!r}; not a LoRA adapter config")
@@ -153,7 +155,8 @@ def load_lora(cache_dir: Path, variant: Variant) -> LoraAdapter:
             raise WeightsError(f"{lora_dir}: tensor {key!r} is for backbone {index}, "
                                f"but {variant.name} has {len(variant.backbones)}")
         if not _targets(config, f"extractor_list.{index}.model.{path}"):
-            raise WeightsError(f"{lora_dir}: {key!r} is not a target of {config['target_modules']!r}")
+            raise WeightsError(
+                f"{lora_dir}: {key!r} is not a target of {config['target_modules']!r}")
         halves.setdefault((index, path), {})[half] = value
     pairs: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for (index, path), ab in halves.items():

@@ -69,6 +69,10 @@ class DreamSimEmbedder(nn.Module):
     def embedding_dim(self) -> int:
         return self.variant.embedding_dim
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, 224, 224] on the model's device -> fp32 [B, D], unit norm, zero mean."""
         feats = torch.cat([bb(images).float() for bb in self.backbones], dim=-1)
@@ -81,7 +85,7 @@ class DreamSimEmbedder(nn.Module):
         assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, (
             f"expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
         )
-        device = self.backbones[0].cls_token.device
+        device = self.device
         out = torch.empty((images.shape[0], self.embedding_dim), dtype=torch.float32)
         for start in range(0, images.shape[0], batch_size):
             chunk = images[start : start + batch_size].to(device, non_blocking=True)

@@ -27,6 +27,7 @@ from .checkpoint import WeightsError
 from .model import LoadedModel, load_model
 from .settings import PredictorSettings
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("predictor")
 
 MODEL_NAME = "dreamsim"
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="DreamSim predictor (KServe model server)")
     parser.set_defaults(model_name=MODEL_NAME)
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = PredictorSettings()
     except Exception as e:  # pydantic ValidationError: a bad env value fails at start-up

@@ -78,6 +78,17 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens (named as upstream: ``patch_embed.proj``)."""
+
+    def __init__(self, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
 class ViT(nn.Module):
     """ViT-B/16 at 224 px returning one DreamSim feature per image.
 
@@ -113,8 +124,7 @@ class ViT(nn.Module):
         self.kind = kind
         self.img_size = img_size
         num_tokens = (img_size // patch_size) ** 2 + 1
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
         self.blocks = nn.ModuleList(
@@ -128,6 +138,8 @@ class ViT(nn.Module):
             self.norm = nn.LayerNorm(embed_dim, eps=eps)
             self.proj = nn.Parameter(torch.empty(embed_dim, proj_dim))  # type: ignore[arg-type]
         # The normalisation is part of the model (upstream applies it inside PerceptualModel).
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -142,7 +154,7 @@ class ViT(nn.Module):
             f"expected {self.img_size}x{self.img_size} images, got {tuple(images.shape)}"
         )
         dtype = self.cls_token.dtype
-        x = self.patch_embed.proj(self.normalize(images).to(dtype)).flatten(2).transpose(1, 2)
+        x = self.patch_embed(self.normalize(images).to(dtype))
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.pos_embed
         if self.ln_pre is not None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from tests.checkpoints import build_upstream_cache
+from tests.procs import free_port, python_cmd, running, wait_http_ok
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +78,104 @@ def photos() -> list[Photo]:
         if name in ("astronaut", "coffee", "chelsea"):
             out.extend(Photo(f"{name}-{d}", im) for d, im in _distortions(img).items())
     return out
+
+
+# --- servers on loopback -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Predictor:
+    grpc: str  # host:port
+    http: str  # base URL
+
+
+@pytest.fixture(scope="session")
+def predictor_server(dino_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[Predictor]:
+    """The real predictor process on loopback, dino_vitb16 random weights, CPU."""
+    log = tmp_path_factory.mktemp("logs") / "predictor.log"
+    http_port, grpc_port = free_port(), free_port()
+    env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu", "MODEL_TYPE": "dino_vitb16"}
+    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    with running(cmd, env=env, log_path=log) as proc:
+        base = f"http://127.0.0.1:{http_port}"
+        wait_http_ok(f"{base}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
+        yield Predictor(grpc=f"127.0.0.1:{grpc_port}", http=base)
+
+
+@contextlib.contextmanager
+def start_transformer(predictor_grpc: str, log: Path, *, env: dict[str, str] | None = None,
+                      wait_healthy: bool = True) -> Iterator[str]:
+    """A real transformer process; yields its base URL."""
+    port = free_port()
+    cmd = python_cmd("transformer", "--predictor_host", predictor_grpc,
+                     "--predictor_protocol", "grpc-v2", "--http_port", str(port))
+    with running(cmd, env=env, log_path=log) as proc:
+        base = f"http://127.0.0.1:{port}"
+        path = "/health" if wait_healthy else "/v2/health/live"
+        wait_http_ok(base + path, timeout_s=60, proc=proc, log_path=log)
+        yield base
+
+
+@pytest.fixture(scope="session")
+def service_url(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[str]:
+    """Transformer + predictor as separate processes, wired over gRPC v2, default settings."""
+    log = tmp_path_factory.mktemp("logs") / "transformer.log"
+    with start_transformer(predictor_server.grpc, log) as url:
+        yield url
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.startswith("/slow"):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            for _ in range(100):
+                try:
+                    self.wfile.write(b"\x89")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+            return
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class ImageHost:
+    base: str
+    files: dict[str, bytes]
+
+    def add(self, name: str, data: bytes) -> str:
+        self.files[f"/{name}"] = data
+        return f"{self.base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[ImageHost]:
+    """A local HTTP server for URL inputs (add files with ``image_host.add``)."""
+    files: dict[str, bytes] = {}
+    handler = type("Handler", (_ImageHandler,), {"files": files})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ImageHost(base=f"http://127.0.0.1:{server.server_address[1]}", files=files)
+    finally:
+        server.shutdown()
+        server.server_close()

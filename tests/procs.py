@@ -65,7 +65,8 @@ def wait_http_ok(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             log = log_path.read_text(errors="replace")[-4000:] if log_path else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready\n{log}")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before {url} was ready\n{log}")
         try:
             r = httpx.get(url, timeout=2)
             if r.status_code == 200:

@@ -8,6 +8,7 @@ collected so that the client learns about all of them in one answer.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from functools import partial
@@ -61,8 +62,15 @@ class ImageLoader:
         out[...] = await loop.run_in_executor(
             self.executor, partial(decode_image, data, max_pixels=s.max_image_pixels))
 
-    async def load(self, plan: PairPlan, pair_ids: Sequence[PairId]) -> np.ndarray:
-        """Decode every input of ``plan``; raise ImageErrors listing each failing pair side."""
+    async def load(self, plan: PairPlan,
+                   pair_ids: Sequence[PairId]) -> tuple[np.ndarray, list[int]]:
+        """Decode every input of ``plan``; raise ImageErrors listing each failing pair side.
+
+        Returns:
+            The distinct decoded images ``[U, 3, 224, 224]`` and, per input of ``plan``, its
+            row there: inputs that decode to the same pixels (the same image as base64 and as
+            a URL, say) share one row, so they are embedded once and score exactly 0.
+        """
         batch = np.empty((len(plan.inputs), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
         results = await asyncio.gather(
             *(self._load_one(value, batch[i]) for i, value in enumerate(plan.inputs)),
@@ -79,4 +87,10 @@ class ImageLoader:
             pairs = len({e.index for e in errors})
             raise ImageErrors(f"{len(errors)} image(s) in {pairs} pair(s) could not be used",
                               errors)
-        return batch
+        rows: dict[bytes, int] = {}
+        row_of = [rows.setdefault(hashlib.blake2b(img.tobytes(), digest_size=16).digest(),
+                                  len(rows)) for img in batch]
+        if len(rows) == len(batch):
+            return batch, row_of
+        keep = [row_of.index(r) for r in range(len(rows))]
+        return batch[keep], row_of

@@ -57,19 +57,27 @@ def similarity(distance: float) -> float:
     return 1.0 / (1.0 + distance)
 
 
-def score_pairs(embeddings: np.ndarray, plan: PairPlan,
+def score_pairs(embeddings: np.ndarray, plan: PairPlan, rows: Sequence[int],
                 pair_ids: Sequence[str | int | None]) -> list[PairScore]:
-    """Scores in request order from the embeddings of ``plan.inputs``.
+    """Scores in request order.
+
+    Args:
+        embeddings: ``[U, D]`` normalised embeddings of the distinct images.
+        plan: the request's pairs as indices into ``plan.inputs``.
+        rows: per input of ``plan``, its row in ``embeddings``.
+        pair_ids: echoed, one per pair.
 
     The same image on both sides scores exactly 0; float rounding never makes a distance
     negative.
     """
-    assert embeddings.ndim == 2 and embeddings.shape[0] == len(plan.inputs), (
-        f"expected {len(plan.inputs)} embeddings, got {embeddings.shape}"
+    assert len(rows) == len(plan.inputs) and embeddings.ndim == 2, "rows do not fit the plan"
+    assert all(0 <= r < embeddings.shape[0] for r in rows), (
+        f"{embeddings.shape[0]} embeddings for rows up to {max(rows, default=-1)}"
     )
     emb = embeddings.astype(np.float64)
     scores = []
-    for (a, b), pair_id in zip(plan.slots, pair_ids, strict=True):
+    for (input_a, input_b), pair_id in zip(plan.slots, pair_ids, strict=True):
+        a, b = rows[input_a], rows[input_b]
         d = 0.0 if a == b else max(0.0, 1.0 - float(emb[a] @ emb[b]))
         scores.append(PairScore(distance=d, similarity=similarity(d), pair_id=pair_id))
     return scores

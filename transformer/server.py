@@ -40,6 +40,7 @@ from .schemas import (
 from .scoring import PairPlan, plan_pairs, score_pairs
 from .settings import TransformerSettings
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("transformer")
 
 MODEL_NAME = "dreamsim"
@@ -53,6 +54,7 @@ class Batch:
     request: SimilarityRequest
     plan: PairPlan
     images: np.ndarray  # uint8 [U, 3, 224, 224], U distinct images
+    rows: list[int]  # per input of ``plan``, its row in ``images``
     embeddings: np.ndarray | None = None
 
 
@@ -114,8 +116,8 @@ class SimilarityTransformer(Model):
         request = self.parse(payload)
         plan = plan_pairs(request.pairs)
         pair_ids = [p.pair_id for p in request.pairs]
-        images = await self.loader.load(plan, pair_ids)
-        return Batch(request=request, plan=plan, images=images)
+        images, rows = await self.loader.load(plan, pair_ids)
+        return Batch(request=request, plan=plan, images=images, rows=rows)
 
     async def predict(self, payload: Batch, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Batch:
@@ -133,8 +135,8 @@ class SimilarityTransformer(Model):
         """Scores in request order (``processing_time_ms`` is added by the route)."""
         assert result.embeddings is not None
         ids = [p.pair_id for p in result.request.pairs]
-        return {"scores": [s.model_dump() for s in score_pairs(result.embeddings,
-                                                               result.plan, ids)]}
+        return {"scores": [s.model_dump() for s in score_pairs(
+            result.embeddings, result.plan, result.rows, ids)]}
 
     async def health(self) -> tuple[bool, HealthResponse]:
         """Predictor readiness and what it runs; device/type from an empty batch."""
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="DreamSim transformer (public API)")
     parser.set_defaults(model_name=MODEL_NAME, predictor_protocol="grpc-v2", enable_grpc=False)
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if not args.predictor_host:
         log.error("--predictor_host HOST:PORT (the predictor's gRPC address) is required")
         return 2
