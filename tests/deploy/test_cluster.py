@@ -1,0 +1,154 @@
+"""End-to-end on a kind cluster with KServe in Standard mode (run by `make kind-test`).
+
+scripts/kind_test.sh creates the cluster, installs cert-manager, ingress-nginx and KServe,
+builds and loads both images, then runs this module with KIND_CLUSTER set. The fixture
+copies the random test weights into a PVC, installs the chart with values-kind.yaml, waits
+for the InferenceService to be Ready and the tests go through the Ingress. Everything
+skips, with the reason, where docker, kind or the cluster are missing (as in CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.deploy.render import CHART, helm
+
+CLUSTER = os.environ.get("KIND_CLUSTER", "")
+NAMESPACE = os.environ.get("KIND_NAMESPACE", "dreamsim-e2e")
+ROUTE_URL = os.environ.get("KIND_ROUTE_URL", "http://127.0.0.1:8088")
+RELEASE = "similarity"
+CLAIM = "dreamsim-test-weights"
+VALUES = Path(__file__).with_name("values-kind.yaml")
+
+
+def _missing() -> str | None:
+    for tool in ("docker", "kind", "kubectl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        return "no Docker engine (`docker info` fails)"
+    if not CLUSTER:
+        return "KIND_CLUSTER is not set: run `make kind-test`"
+    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True,
+                              timeout=30).stdout.split()
+    if CLUSTER not in clusters:
+        return f"kind cluster {CLUSTER!r} does not exist: run `make kind-test`"
+    return None
+
+
+SKIP_REASON = _missing()
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(SKIP_REASON is not None,
+                       reason=f"cluster tests need docker, kind and a kind cluster: {SKIP_REASON}"),
+]
+
+
+def kubectl(*args: str, input: str | None = None, timeout: float = 300) -> str:
+    cmd = ["kubectl", "--context", f"kind-{CLUSTER}", *args]
+    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _copy_weights(weights: Path) -> None:
+    """A PVC holding ``weights`` under dreamsim/, via a helper pod and kubectl cp."""
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": CLAIM, "namespace": NAMESPACE},
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {
+               "storage": "2Gi"}}}}
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "weights-loader", "namespace": NAMESPACE},
+           "spec": {"restartPolicy": "Never",
+                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000,
+                                        "fsGroup": 1000},
+                    "containers": [{"name": "loader", "image": "image-similarity-predictor:kind",
+                                    "imagePullPolicy": "Never",
+                                    "command": ["sleep", "3600"],
+                                    "volumeMounts": [{"name": "w", "mountPath": "/weights"}]}],
+                    "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": CLAIM}}]}}
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": [pvc, pod]}))
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/weights-loader",
+            "--timeout=300s")
+    kubectl("-n", NAMESPACE, "exec", "weights-loader", "--", "mkdir", "-p", "/weights/dreamsim")
+    kubectl("-n", NAMESPACE, "cp", f"{weights}/.", "weights-loader:/weights/dreamsim",
+            timeout=600)
+    kubectl("-n", NAMESPACE, "delete", "pod", "weights-loader", "--wait=true")
+
+
+@pytest.fixture(scope="module")
+def service(dino_weights_dir: Path) -> Iterator[str]:
+    kubectl("create", "namespace", NAMESPACE)
+    try:
+        _copy_weights(dino_weights_dir)
+        helm("install", RELEASE, str(CHART), "--kube-context", f"kind-{CLUSTER}",
+             "--namespace", NAMESPACE, "-f", str(VALUES), "--timeout", "15m")
+        kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready",
+                f"inferenceservice/{RELEASE}-image-similarity-service", "--timeout=900s",
+                timeout=960)
+        deadline = time.monotonic() + 120  # the Ingress controller picks the route up
+        while True:
+            try:
+                if httpx.get(ROUTE_URL + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{ROUTE_URL}/health never answered 200"
+            time.sleep(2)
+        yield ROUTE_URL
+    finally:
+        if os.environ.get("KIND_KEEP") != "1":
+            subprocess.run(["kubectl", "--context", f"kind-{CLUSTER}", "delete", "namespace",
+                            NAMESPACE, "--wait=false"], capture_output=True)
+
+
+def _png(seed: int) -> str:
+    arr = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_health_through_route(service: str) -> None:
+    r = httpx.get(service + "/health", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["model_loaded"] is True
+    assert r.json()["device"] == "cpu"
+
+
+def test_similarity_through_route(service: str) -> None:
+    a, b = _png(1), _png(2)
+    r = httpx.post(service + "/similarity", timeout=120, json={"pairs": [
+        {"reference_image": a, "generated_image": a, "pair_id": "same"},
+        {"reference_image": a, "generated_image": b, "pair_id": "diff"}]})
+    assert r.status_code == 200, r.text
+    same, diff = r.json()["scores"]
+    assert same["pair_id"] == "same" and same["distance"] == pytest.approx(0, abs=1e-4)
+    assert math.isfinite(diff["distance"]) and diff["distance"] > 1e-4
+    for s in (same, diff):
+        assert s["similarity"] == pytest.approx(1 / (1 + s["distance"]), abs=1e-6)
+
+
+def test_only_public_routes_exposed(service: str) -> None:
+    assert httpx.get(service + "/v2/models/dreamsim", timeout=10).status_code == 404
+
+
+def test_helm_test_pod(service: str) -> None:
+    out = helm("test", RELEASE, "--kube-context", f"kind-{CLUSTER}", "--namespace", NAMESPACE,
+               "--logs", "--timeout", "5m").stdout
+    assert "ok" in out, out

@@ -1,0 +1,46 @@
+"""The chart with its default values and the plain manifests describe the same deployment."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from tests.deploy.render import manifest_objects, one, render
+
+
+def _by_kind() -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for _, o in manifest_objects()}
+
+
+def _without(spec: dict[str, Any], *keys: str) -> dict[str, Any]:
+    out = copy.deepcopy(spec)
+    for k in keys:
+        out.pop(k, None)
+    return out
+
+
+def test_inferenceservice_agrees() -> None:
+    chart = one(render(), "InferenceService")
+    plain = _by_kind()["InferenceService"]
+    assert chart["metadata"]["name"] == plain["metadata"]["name"]
+    assert chart["metadata"]["annotations"] == plain["metadata"]["annotations"]
+    for component in ("predictor", "transformer"):
+        # The chart adds its own ServiceAccount; everything else must match field by field
+        # (containers: image, command, args, env, ports, resources, probes, security).
+        c, p = chart["spec"][component], plain["spec"][component]
+        assert _without(c, "serviceAccountName") == p, component
+
+
+def test_weights_and_routes_agree() -> None:
+    chart = render()
+    plain = _by_kind()
+    assert one(chart, "Ingress")["spec"] == plain["Ingress"]["spec"]
+    assert one(chart, "Ingress")["metadata"]["annotations"] == plain["Ingress"]["metadata"][
+        "annotations"]
+    assert one(chart, "PersistentVolumeClaim")["spec"] == plain["PersistentVolumeClaim"]["spec"]
+    assert one(chart, "Job")["metadata"]["name"] == plain["Job"]["metadata"]["name"]
+    chart_pod = one(chart, "Job")["spec"]["template"]["spec"]
+    plain_pod = plain["Job"]["spec"]["template"]["spec"]
+    assert chart_pod == plain_pod
+    route = one(render({"route": {"kind": "httproute", "annotations": {}}}), "HTTPRoute")
+    assert route["spec"] == plain["HTTPRoute"]["spec"]
