@@ -100,11 +100,13 @@ class DreamSimPredictor(Model):
                 out = await asyncio.to_thread(self.loaded.embedder.embed, batch,
                                               batch_size=self.settings.batch_size_limit)
             embeddings = out.numpy()
+        # Raw bytes on gRPC and for REST clients that ask for binary outputs; JSON otherwise.
+        binary = bool(payload.from_grpc or payload.use_binary_outputs)
         output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape), datatype="FP32")
-        output.set_data_from_numpy(embeddings, binary_data=True)
+        output.set_data_from_numpy(embeddings, binary_data=binary)
         return InferResponse(response_id=payload.id or "", model_name=self.name,
                              infer_outputs=[output], parameters=self.describe(),
-                             use_binary_outputs=True)
+                             use_binary_outputs=binary)
 
 
 def main(argv: list[str] | None = None) -> int:

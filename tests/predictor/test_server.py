@@ -1,0 +1,95 @@
+"""The predictor process: gRPC v2 raw tensors, REST v2, message limits, start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+from tests.conftest import Predictor
+from tests.procs import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, 224, 224), dtype=np.uint8)
+
+
+async def _grpc_infer(host: str, array: np.ndarray, datatype: str = "UINT8") -> np.ndarray:
+    tensor = InferInput(name="image", shape=list(array.shape), datatype=datatype)
+    tensor.set_data_from_numpy(array, binary_data=True)
+    async with InferenceGRPCClient(host, timeout=120, retries=0) as client:
+        response = await client.infer(InferRequest(model_name="dreamsim", infer_inputs=[tensor]))
+    return response.outputs[0].as_numpy()
+
+
+def test_grpc_raw_and_rest_v2_agree(predictor_server: Predictor) -> None:
+    images = _images(3)
+    over_grpc = asyncio.run(_grpc_infer(predictor_server.grpc, images))
+    assert over_grpc.shape == (3, 768) and over_grpc.dtype == np.float32
+    # Normalised as DreamSim normalises: zero mean over features, unit L2 norm.
+    assert np.allclose(over_grpc.mean(axis=1), 0, atol=1e-6)
+    assert np.allclose(np.linalg.norm(over_grpc, axis=1), 1, atol=1e-5)
+
+    body = {"inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "UINT8",
+                        "data": images[:1].ravel().tolist()}]}
+    r = httpx.post(f"{predictor_server.http}/v2/models/dreamsim/infer", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [1, 768]
+    assert np.allclose(np.array(out["data"], dtype=np.float32), over_grpc[0], atol=1e-6)
+
+
+def test_bad_tensors_are_invalid_argument(predictor_server: Predictor) -> None:
+    for array, datatype in ((np.zeros((1, 3, 224, 224), np.float32), "FP32"),
+                            (np.zeros((1, 3, 32, 32), np.uint8), "UINT8")):
+        with pytest.raises(grpc.RpcError) as err:
+            asyncio.run(_grpc_infer(predictor_server.grpc, array, datatype))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "UINT8 [N, 3, 224, 224]" in str(err.value.details())
+
+
+def test_largest_request_fits_the_grpc_message_limit(predictor_server: Predictor) -> None:
+    # 2 x MAX_PAIRS_PER_REQUEST images (38.5 MB, over gRPC's 8 MiB default) with a slightly
+    # wrong shape: it must reach our validation (INVALID_ARGUMENT), not die on
+    # RESOURCE_EXHAUSTED, and without running the model on 256 images.
+    array = np.zeros((256, 3, 224, 225), np.uint8)
+    with pytest.raises(grpc.RpcError) as err:
+        asyncio.run(_grpc_infer(predictor_server.grpc, array))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_metadata_and_readiness(predictor_server: Predictor) -> None:
+    meta = httpx.get(f"{predictor_server.http}/v2/models/dreamsim", timeout=10).json()
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]
+    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 768]}]
+    ready = httpx.get(f"{predictor_server.http}/v2/health/ready", timeout=10)
+    assert ready.status_code == 200
+
+
+def test_missing_weights_stop_the_predictor_with_a_clear_message(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "predictor", "--http_port", "0", "--grpc_port", "0"],
+        cwd=REPO_ROOT, env={"MODEL_CACHE_DIR": str(tmp_path), "DEVICE": "cpu",
+                            "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "missing checkpoints/dino_vitbase16_pretrain.pth" in proc.stderr
+    assert "python -m predictor.weights --model-type dino_vitb16" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_configuration_stops_the_predictor(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "predictor"], cwd=REPO_ROOT,
+                          env={"PRECISION": "fp8", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "precision" in proc.stderr.lower() and "Traceback" not in proc.stderr
