@@ -69,6 +69,35 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "transformer": {"extraEnv": [{"name": "LOG_LEVEL", "value": "debug"}]},
         "settings": {"maxPairsPerRequest": 64, "batchSizeLimit": 32},
     },
+    # NetworkPolicies: every option at once, then URL fetching off, then none at all.
+    "netpol-custom": {
+        "weights": {"source": "storageUri", "storageUri": "s3://models/dreamsim"},
+        "networkPolicy": {
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "monitoring"}}}],
+            "dns": {"peers": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]},
+            "predictor": {
+                "storageEgress": [{"to": [{"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "minio"}}}],
+                    "ports": [{"port": 9000, "protocol": "TCP"}]}],
+                "extraEgress": [{"to": [{"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "istio-system"}}}],
+                    "ports": [{"port": 15012, "protocol": "TCP"}]}],
+            },
+            "transformer": {
+                "ingressFrom": [{"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "ingress-nginx"}}}],
+                "allowedImageCIDRs": ["10.20.0.0/16", "fd00:1::/64"],
+                "imagePorts": [443, 9000],
+            },
+            "publicIPBlocks": [
+                {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]},
+                {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10", "::1/128"]},
+            ],
+        },
+    },
+    "netpol-no-url": {"networkPolicy": {"transformer": {"urlEgress": False}}},
+    "netpol-off": {"networkPolicy": {"enabled": False}},
     # What `make kind-test` installs (CPU, side-loaded images, an existing PVC).
     "kind": yaml.safe_load((Path(__file__).with_name("values-kind.yaml")).read_text()),
 }

@@ -32,7 +32,8 @@ def test_helm_lint(name: str) -> None:
 
 def test_default_render() -> None:
     objs = render()
-    assert kinds(objs) == ["InferenceService", "Ingress", "Job", "PersistentVolumeClaim", "Pod",
+    assert kinds(objs) == ["InferenceService", "Ingress", "Job", "NetworkPolicy", "NetworkPolicy",
+                           "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim", "Pod",
                            "ServiceAccount"]
     isvc = one(objs, "InferenceService")
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
@@ -176,6 +177,13 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "max-below-min": ({"predictor": {"minReplicas": 3, "maxReplicas": 2}}, "maxReplicas"),
     "tiny-grpc-limit": ({"predictor": {"grpcMaxMessageBytes": 1024}}, "grpcMaxMessageBytes"),
     "bad-host": ({"route": {"host": "https://x.example.com"}}, "host"),
+    "netpol-bad-cidr": ({"networkPolicy": {"transformer": {"allowedImageCIDRs": ["10.0.0.1"]}}},
+                        "allowedImageCIDRs"),
+    "netpol-bad-port": ({"networkPolicy": {"transformer": {"imagePorts": [0]}}}, "imagePorts"),
+    "netpol-unknown-key": ({"networkPolicy": {"transformer": {"egress": []}}}, "egress"),
+    "netpol-enabled-string": ({"networkPolicy": {"enabled": "yes"}}, "enabled"),
+    "netpol-bad-peer": ({"networkPolicy": {"metricsFrom": [{"namespace": "monitoring"}]}},
+                        "metricsFrom"),
 }
 
 

@@ -31,7 +31,14 @@ KSERVE_ONLY = {"minReplicas", "maxReplicas", "scaleMetric", "scaleMetricType", "
 
 
 def as_deployments(isvc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Deployments KServe Standard mode makes of an InferenceService's components."""
+    """The Deployments KServe Standard mode makes of an InferenceService's components.
+
+    The pods carry the labels KServe's controller gives them (the InferenceService's labels,
+    then ``serving.kserve.io/inferenceservice: <name>`` and ``component: <component>``
+    (constants.InferenceServicePodLabelKey, constants.KServiceComponentLabel), and
+    ``app: isvc.<name>-<component>`` in Standard mode), so that checkov connects them to the
+    NetworkPolicies that select them by those labels.
+    """
     out = []
     for component in ("predictor", "transformer"):
         spec = copy.deepcopy(isvc["spec"][component])
@@ -39,10 +46,13 @@ def as_deployments(isvc: dict[str, Any]) -> list[dict[str, Any]]:
         name = f"{isvc['metadata']['name']}-{component}"
         meta = {"name": name, **({"namespace": isvc["metadata"]["namespace"]}
                                  if "namespace" in isvc["metadata"] else {})}
-        labels = {"app": name}
+        selector = {"app": f"isvc.{name}"}
+        labels = {**isvc["metadata"].get("labels", {}), **selector,
+                  "serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+                  "component": component}
         out.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
                     "spec": {"replicas": spec.get("minReplicas", 1),
-                             "selector": {"matchLabels": labels},
+                             "selector": {"matchLabels": selector},
                              "template": {"metadata": {"labels": labels}, "spec": pod}}})
     return out
 

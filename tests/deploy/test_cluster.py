@@ -152,3 +152,46 @@ def test_helm_test_pod(service: str) -> None:
     out = helm("test", RELEASE, "--kube-context", f"kind-{CLUSTER}", "--namespace", NAMESPACE,
                "--logs", "--timeout", "5m").stdout
     assert "ok" in out, out
+
+
+_PROBE = """
+import json, socket
+def probe(host):
+    try:
+        socket.create_connection((host, 80), timeout=5).close()
+        return "open"
+    except OSError as e:
+        return type(e).__name__
+print(json.dumps({c: probe(f"{NAME}-{c}") for c in ("transformer", "predictor")}))
+"""
+
+
+def test_networkpolicy_only_transformer_reaches_predictor(service: str) -> None:
+    """A pod that is not the transformer reaches the public API but not the predictor.
+
+    kind (v0.24 and later) enforces NetworkPolicies with kindnet; the transformer's own path
+    to the predictor is what test_similarity_through_route already goes through.
+    """
+    name = f"{RELEASE}-image-similarity-service"
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "netpol-probe", "namespace": NAMESPACE},
+           "spec": {"restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+                    "containers": [{"name": "probe", "image": "image-similarity-transformer:kind",
+                                    "imagePullPolicy": "Never",
+                                    "env": [{"name": "NAME", "value": name}],
+                                    "command": ["python3", "-c",
+                                                "import os; NAME = os.environ['NAME']\n"
+                                                + _PROBE]}]}}
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        kubectl("-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Succeeded",
+                "pod/netpol-probe", "--timeout=180s", timeout=200)
+        result = json.loads(kubectl("-n", NAMESPACE, "logs", "pod/netpol-probe").strip())
+    finally:
+        subprocess.run(["kubectl", "--context", f"kind-{CLUSTER}", "-n", NAMESPACE, "delete",
+                        "pod", "netpol-probe", "--wait=false"], capture_output=True)
+    assert result["transformer"] == "open", result
+    assert result["predictor"] != "open", (
+        f"{result}: the predictor is reachable from a pod that is not the transformer "
+        "(is NetworkPolicy enforced? kind >= v0.24 with kindnet does)")

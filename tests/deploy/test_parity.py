@@ -44,3 +44,15 @@ def test_weights_and_routes_agree() -> None:
     assert chart_pod == plain_pod
     route = one(render({"route": {"kind": "httproute", "annotations": {}}}), "HTTPRoute")
     assert route["spec"] == plain["HTTPRoute"]["spec"]
+
+
+def test_networkpolicies_agree() -> None:
+    """manifests/networkpolicy.yaml is what the chart renders by default (hooks aside)."""
+    chart = {o["metadata"]["name"]: o for o in render() if o["kind"] == "NetworkPolicy"}
+    plain = {o["metadata"]["name"]: o for _, o in manifest_objects()
+             if o["kind"] == "NetworkPolicy"}
+    # The chart adds one for its `helm test` pod, which the plain manifests do not have.
+    assert set(chart) - set(plain) == {"image-similarity-test"}, sorted(chart)
+    assert set(plain) <= set(chart), sorted(plain)
+    for name, policy in plain.items():
+        assert chart[name]["spec"] == policy["spec"], name

@@ -163,7 +163,8 @@ def test_kustomization_builds_everything() -> None:
                          text=True, check=True, timeout=60).stdout
     objs = [d for d in yaml.safe_load_all(out) if d]
     assert sorted(o["kind"] for o in objs) == [
-        "InferenceService", "Ingress", "Job", "PersistentVolumeClaim"]
+        "InferenceService", "Ingress", "Job", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
+        "PersistentVolumeClaim"]
 
 
 def test_yamllint() -> None:

@@ -94,3 +94,50 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "image-similarity.transformerUrl" -}}
 {{- printf "http://%s-transformer.%s.svc" (include "image-similarity.fullname" .) .Release.Namespace }}
 {{- end }}
+
+{{/*
+Labels of a component's pods, for NetworkPolicy selectors: call with (list $ "predictor").
+KServe (0.21, Standard mode) puts serving.kserve.io/inferenceservice: <name> and
+component: predictor|transformer on the pods it creates; networkPolicy.podLabels.<component>
+replaces them where a cluster labels its pods otherwise.
+*/}}
+{{- define "image-similarity.componentPodLabels" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $override := index $root.Values.networkPolicy.podLabels $component }}
+{{- if $override }}
+{{- toYaml $override }}
+{{- else }}
+serving.kserve.io/inferenceservice: {{ include "image-similarity.fullname" $root }}
+component: {{ $component }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when KServe's storage initializer downloads the weights into the predictor pod (an
+object store or web URI); pvc:// is mounted, oci:// is pulled by the kubelet, a path is local.
+*/}}
+{{- define "image-similarity.storageDownloads" -}}
+{{- if and (eq .Values.weights.source "storageUri") (regexMatch "^(s3|gs|https?|hf|hdfs|webhdfs)://" .Values.weights.storageUri) }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{/* Egress to the cluster DNS (UDP and TCP 53), one NetworkPolicy egress rule. */}}
+{{- define "image-similarity.dnsEgress" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.dns.peers | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{/* Peers for "the public internet": networkPolicy.publicIPBlocks as ipBlock peers. */}}
+{{- define "image-similarity.publicPeers" -}}
+{{- range .Values.networkPolicy.publicIPBlocks }}
+- ipBlock:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- end }}
