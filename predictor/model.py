@@ -81,15 +81,32 @@ class DreamSimEmbedder(nn.Module):
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor, *, batch_size: int) -> torch.Tensor:
-        """Embed any number of images in chunks of at most ``batch_size``; fp32 on CPU."""
+        """Embed any number of images in chunks of at most ``batch_size``; fp32 on CPU.
+
+        Out of device memory, the chunk is halved and retried (down to one image), so a
+        request that fits at a smaller chunk never fails; the smaller size is kept for the
+        rest of the call.
+        """
         assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, (
             f"expected uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
         )
         device = self.device
         out = torch.empty((images.shape[0], self.embedding_dim), dtype=torch.float32)
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start : start + batch_size].to(device, non_blocking=True)
-            out[start : start + chunk.shape[0]] = self(chunk).cpu()
+        start, size = 0, batch_size
+        while start < images.shape[0]:
+            chunk = images[start : start + size]
+            try:
+                out[start : start + chunk.shape[0]] = self(chunk.to(device)).cpu()
+            except torch.OutOfMemoryError:
+                if chunk.shape[0] == 1:
+                    raise
+                size = max(1, chunk.shape[0] // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory on %s at %d images; retrying in chunks of %d",
+                            device, chunk.shape[0], size)
+                continue
+            start += chunk.shape[0]
         return out
 
 

@@ -68,7 +68,7 @@ def wait_http_ok(
             raise RuntimeError(
                 f"process exited with {proc.returncode} before {url} was ready\n{log}")
         try:
-            r = httpx.get(url, timeout=2)
+            r = httpx.get(url, timeout=5)
             if r.status_code == 200:
                 return
             last = f"HTTP {r.status_code}: {r.text[:200]}"

@@ -156,3 +156,34 @@ def test_gpu_matches_cpu(dino_weights_dir: Path, photos: list[Photo], precision:
     d_gpu = 1 - gpu[:-1].mul(gpu[1:]).sum(1)
     tol = 1e-4 if precision == "fp32" else 0.02
     assert float((d_cpu - d_gpu).abs().max()) < tol
+
+
+def test_out_of_memory_splits_the_batch(dino_weights_dir: Path, photos: list[Photo],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated device OOM (no GPU here): any chunk over 2 images fails; embed still
+    answers, with the same embeddings as an unconstrained run."""
+    _, preprocess = upstream_dreamsim(dino_weights_dir, "dino_vitb16")
+    u8 = (_upstream_batch(preprocess, photos[:5]) * 255).round().to(torch.uint8)
+    model = load_model(cache_dir=dino_weights_dir, variant="dino_vitb16", device="cpu",
+                       precision="fp32").embedder
+    expected = model.embed(u8, batch_size=64)
+    real_forward = type(model).forward
+    sizes: list[int] = []
+
+    def forward(self: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        sizes.append(images.shape[0])
+        if images.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real_forward(self, images)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    got = model.embed(u8, batch_size=64)
+    assert sizes == [5, 2, 2, 1]  # 5 fails, then halves to 2 and keeps it
+    assert float((got - expected).abs().max()) < 1e-6
+
+    def always_oom(self: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(type(model), "forward", always_oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        model.embed(u8, batch_size=4)
