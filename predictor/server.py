@@ -11,7 +11,6 @@ the predictor for ``/health``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any
@@ -23,6 +22,7 @@ from kserve import model_server as kserve_model_server
 from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
 from kserve.errors import InvalidInput
 
+from .batching import MicroBatcher
 from .checkpoint import WeightsError
 from .model import LoadedModel, load_model
 from .settings import PredictorSettings
@@ -43,7 +43,15 @@ class DreamSimPredictor(Model):
         super().__init__(name)
         self.settings = settings
         self.loaded: LoadedModel | None = None
-        self._lock = asyncio.Lock()  # one forward pass at a time: they share the device
+        # Concurrent requests share forward passes, one at a time (they share the device).
+        self.batcher = MicroBatcher(self._embed, max_images=settings.batch_size_limit,
+                                    max_wait_s=settings.batch_max_wait_ms / 1000)
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        assert self.loaded is not None, "embed before load"
+        # A gRPC raw buffer is read-only; torch wants a writable array.
+        batch = torch.from_numpy(np.array(images, copy=True))
+        return self.loaded.embedder.embed(batch, batch_size=self.settings.batch_size_limit).numpy()
 
     def load(self) -> bool:
         """Load the weights, run a warm-up batch, then (only then) report ready."""
@@ -94,12 +102,7 @@ class DreamSimPredictor(Model):
         if images.shape[0] == 0:
             embeddings = np.zeros((0, self.loaded.embedder.embedding_dim), dtype=np.float32)
         else:
-            # np.frombuffer gives a read-only view; torch wants a writable array.
-            batch = torch.from_numpy(np.array(images, copy=True))
-            async with self._lock:
-                out = await asyncio.to_thread(self.loaded.embedder.embed, batch,
-                                              batch_size=self.settings.batch_size_limit)
-            embeddings = out.numpy()
+            embeddings = await self.batcher.embed(images)
         # Raw bytes on gRPC and for REST clients that ask for binary outputs; JSON otherwise.
         binary = bool(payload.from_grpc or payload.use_binary_outputs)
         output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape), datatype="FP32")

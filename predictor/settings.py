@@ -27,6 +27,9 @@ class PredictorSettings(BaseSettings):
                                   description="largest batch sent through the model at once")
     max_pairs_per_request: int = Field(128, ge=1, le=100_000,
                                        description="sizes the gRPC message limit")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000,
+        description="how long a forward pass waits for other requests to join its batch")
 
     def grpc_message_limit(self) -> int:
         """Bytes needed for the largest allowed request (two images a pair) plus headroom."""

@@ -1,0 +1,110 @@
+"""Batching across requests: concurrent requests share one forward pass.
+
+Requests that arrive while the model is busy, or within ``max_wait_s`` of each other, are
+concatenated (up to ``max_images``) and embedded together, then split back. A request
+larger than ``max_images`` runs alone (the model chunks it). One forward pass at a time:
+they share the device. Independent of kserve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class _Job:
+    images: np.ndarray
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+
+@dataclass
+class BatchStats:
+    """Counters for metrics: forward passes run and requests/images they carried."""
+
+    batches: int = 0
+    requests: int = 0
+    images: int = 0
+
+
+class MicroBatcher:
+    """Queue of embedding jobs served by one worker task.
+
+    Args:
+        run: embeds a uint8 ``[N, 3, 224, 224]`` array, returns ``[N, D]`` float32
+            (blocking; it runs in a thread).
+        max_images: most images combined into one call of ``run``.
+        max_wait_s: how long the worker waits for more requests before running a batch
+            that is not full.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_images: int,
+                 max_wait_s: float) -> None:
+        assert max_images >= 1 and max_wait_s >= 0, "max_images >= 1 and max_wait_s >= 0"
+        self._run = run
+        self._max_images = max_images
+        self._max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._carry: _Job | None = None
+        self.stats = BatchStats()
+
+    async def embed(self, images: np.ndarray) -> np.ndarray:
+        """The embeddings of ``images``, computed in a batch shared with other callers."""
+        if self._queue is None:  # asyncio objects belong to the running loop
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._serve())
+        job = _Job(images, asyncio.get_running_loop().create_future())
+        await self._queue.put(job)
+        return await job.future
+
+    async def _collect(self, first: _Job) -> list[_Job]:
+        assert self._queue is not None
+        jobs, count = [first], len(first.images)
+        deadline = asyncio.get_running_loop().time() + self._max_wait_s
+        while count < self._max_images:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if count + len(job.images) > self._max_images:
+                self._carry = job  # does not fit: it opens the next batch (order is kept)
+                break
+            jobs.append(job)
+            count += len(job.images)
+        return jobs
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while True:
+            first, self._carry = self._carry, None
+            jobs = await self._collect(first or await self._queue.get())
+            jobs = [j for j in jobs if not j.future.cancelled()]
+            if not jobs:
+                continue
+            batch = jobs[0].images if len(jobs) == 1 else np.concatenate(
+                [j.images for j in jobs])
+            try:
+                out = await asyncio.to_thread(self._run, batch)
+            except Exception as e:  # every waiting request learns of it
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            self.stats.batches += 1
+            self.stats.requests += len(jobs)
+            self.stats.images += len(batch)
+            start = 0
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result(out[start : start + len(j.images)])
+                start += len(j.images)
