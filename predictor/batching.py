@@ -3,22 +3,26 @@
 Requests that arrive while the model is busy, or within ``max_wait_s`` of each other, are
 concatenated (up to ``max_images``) and embedded together, then split back. A request
 larger than ``max_images`` runs alone (the model chunks it). One forward pass at a time:
-they share the device. Independent of kserve.
+they share the device. Independent of kserve; counts go to ``predictor.metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from . import metrics
 
 
 @dataclass
 class _Job:
     images: np.ndarray
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -93,8 +97,14 @@ class MicroBatcher:
                 continue
             batch = jobs[0].images if len(jobs) == 1 else np.concatenate(
                 [j.images for j in jobs])
+            started = time.perf_counter()
+            for j in jobs:
+                metrics.QUEUE_WAIT.observe(started - j.queued_at)
+            metrics.BATCH_IMAGES.observe(len(batch))
+            metrics.BATCH_REQUESTS.observe(len(jobs))
             try:
-                out = await asyncio.to_thread(self._run, batch)
+                with metrics.INFERENCE.time():
+                    out = await asyncio.to_thread(self._run, batch)
             except Exception as e:  # every waiting request learns of it
                 for j in jobs:
                     if not j.future.done():
@@ -103,6 +113,7 @@ class MicroBatcher:
             self.stats.batches += 1
             self.stats.requests += len(jobs)
             self.stats.images += len(batch)
+            metrics.IMAGES.inc(len(batch))
             start = 0
             for j in jobs:
                 if not j.future.done():
