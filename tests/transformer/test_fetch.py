@@ -1,9 +1,14 @@
-"""`transformer.fetch` against a real HTTP server on 127.0.0.1 (stdlib, one thread per client)."""
+"""`transformer.fetch` against a real HTTP server on 127.0.0.2 (stdlib, one thread per client).
+
+Loopback is blocked by the address policy, so the clients here allow 127.0.0.2/32 explicitly
+(as ``URL_ALLOWED_NETWORKS`` would); tests/transformer/test_ssrf.py covers the policy itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,12 +18,22 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from transformer.fetch import MAX_REDIRECTS, USER_AGENT, FetchError, fetch_image_bytes, make_client
+from transformer.fetch import (
+    MAX_REDIRECTS,
+    USER_AGENT,
+    FetchError,
+    GuardedTransport,
+    fetch_image_bytes,
+    make_client,
+)
+from transformer.netguard import parse_networks
 
 T = TypeVar("T")
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # 10 KB; the fetcher does not decode
 MAX_BYTES = 20_000_000
 DRIP_LIMIT_S = 20.0  # the drip routes stop on their own after this, whatever the client does
+HOST = "127.0.0.2"
+ALLOWED = parse_networks(f"{HOST}/32")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -84,14 +99,20 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(0.2)
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients that hang up: fine
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = QuietServer((HOST, 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{HOST}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -99,9 +120,9 @@ def base_url() -> Iterator[str]:
 
 def closed_port_url() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/image.png"  # nothing listens there any more
+    return f"http://{HOST}:{port}/image.png"  # nothing listens there any more
 
 
 def run(
@@ -110,7 +131,7 @@ def run(
     """Run `make(client)` in a fresh event loop with a client closed afterwards."""
 
     async def main() -> T:
-        async with client if client is not None else make_client() as c:
+        async with client if client is not None else make_client(allowed_networks=ALLOWED) as c:
             return await make(c)
 
     return asyncio.run(main())
@@ -125,6 +146,13 @@ def fetch_error(url: str, *, timeout_s: float = 5.0, max_bytes: int = MAX_BYTES)
         fetch(url, timeout_s=timeout_s, max_bytes=max_bytes)
     reason = excinfo.value.reason
     assert "Traceback" not in reason and "\n" not in reason and len(reason) < 300
+    return excinfo.value
+
+
+def fetch_error_with(url: str, *, max_redirects: int) -> FetchError:
+    with pytest.raises(FetchError) as excinfo:
+        run(lambda c: fetch_image_bytes(c, url, timeout_s=5.0, max_bytes=MAX_BYTES,
+                                        max_redirects=max_redirects))
     return excinfo.value
 
 
@@ -207,11 +235,21 @@ def test_connection_refused() -> None:
     assert err.status_code is None
 
 
+def test_redirect_limit_is_an_argument(base_url: str) -> None:
+    assert fetch_error_with(f"{base_url}/redirect/1", max_redirects=0).reason == (
+        "too many redirects (more than 0)")
+    got = run(lambda c: fetch_image_bytes(c, f"{base_url}/redirect/8", timeout_s=5.0,
+                                          max_bytes=MAX_BYTES, max_redirects=8))
+    assert got == IMAGE
+
+
 def test_make_client_settings() -> None:
-    client = make_client(max_connections=3)
+    client = make_client(max_connections=3, allowed_networks=ALLOWED)
     try:
         assert client.headers["User-Agent"] == USER_AGENT
-        assert client.max_redirects == MAX_REDIRECTS
         assert client.trust_env is False
+        transport = client._transport  # what every request, redirect hops included, uses
+        assert isinstance(transport, GuardedTransport)
+        assert transport.policy.allowed == ALLOWED
     finally:
         asyncio.run(client.aclose())
