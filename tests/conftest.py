@@ -82,6 +82,8 @@ def photos() -> list[Photo]:
 
 # --- servers on loopback -------------------------------------------------------------------
 
+IMAGE_HOST_NETWORK = "127.0.0.2/32"  # where image_host listens; allowed for URL inputs
+
 @dataclass(frozen=True)
 class Predictor:
     grpc: str  # host:port
@@ -107,6 +109,7 @@ def start_transformer(predictor_grpc: str, log: Path, *, env: dict[str, str] | N
                       wait_healthy: bool = True) -> Iterator[str]:
     """A real transformer process; yields its base URL."""
     port = free_port()
+    env = {"URL_ALLOWED_NETWORKS": IMAGE_HOST_NETWORK, **(env or {})}
     cmd = python_cmd("transformer", "--predictor_host", predictor_grpc,
                      "--predictor_protocol", "grpc-v2", "--http_port", str(port))
     with running(cmd, env=env, log_path=log) as proc:
@@ -170,12 +173,13 @@ def image_host() -> Iterator[ImageHost]:
     """A local HTTP server for URL inputs (add files with ``image_host.add``)."""
     files: dict[str, bytes] = {}
     handler = type("Handler", (_ImageHandler,), {"files": files})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    # 127.0.0.2: the transformer's URL policy blocks loopback; tests allow just this address.
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield ImageHost(base=f"http://127.0.0.1:{server.server_address[1]}", files=files)
+        yield ImageHost(base=f"http://127.0.0.2:{server.server_address[1]}", files=files)
     finally:
         server.shutdown()
         server.server_close()

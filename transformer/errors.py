@@ -34,6 +34,22 @@ class TooManyPairs(ServiceError):
     status_code = 413
 
 
+class BodyTooLarge(ServiceError):
+    status_code = 413
+
+
+class Overloaded(ServiceError):
+    """More requests in flight and waiting than configured: come back shortly."""
+
+    status_code = 429
+
+
+class QueueTimeout(ServiceError):
+    """Waited too long for a processing slot."""
+
+    status_code = 503
+
+
 class ImageErrors(ServiceError):
     """One or more images could not be used; ``errors`` lists every one."""
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
-PairId = str | int | None
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+MAX_PAIR_ID_LENGTH = 256
+# A string (up to 256 characters) or an integer, echoed as given; booleans, floats and
+# objects are rejected rather than coerced, so the echo is always exactly what was sent.
+PairId = Annotated[StrictStr, Field(max_length=MAX_PAIR_ID_LENGTH)] | StrictInt | None
 
 
 class ImagePair(BaseModel):
@@ -45,7 +50,7 @@ class ErrorItem(BaseModel):
     """One thing wrong with a request: which pair, which field, why."""
 
     index: int | None = Field(None, description="position of the pair in 'pairs'")
-    pair_id: PairId = None
+    pair_id: str | int | None = None
     field: str = Field(description="e.g. 'reference_image', 'generated_image', 'pairs'")
     reason: str
 

@@ -10,6 +10,7 @@ routes are added to ``kserve.model_server.app`` before the server starts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -26,11 +27,15 @@ from kserve import Model, ModelServer
 from kserve import model_server as kserve_model_server
 from pydantic import ValidationError
 
-from .errors import BadRequest, PredictorUnavailable, ServiceError, TooManyPairs
+from . import metrics
+from .admission import Admission
+from .cache import EmbeddingCache
+from .errors import BadRequest, BodyTooLarge, PredictorUnavailable, ServiceError, TooManyPairs
 from .fetch import make_client
-from .inputs import ImageLoader
+from .inputs import ImageLoader, LoadedImages
 from .predictor_client import PredictorClient
 from .schemas import (
+    MAX_PAIR_ID_LENGTH,
     ErrorItem,
     ErrorResponse,
     HealthResponse,
@@ -53,8 +58,8 @@ class Batch:
 
     request: SimilarityRequest
     plan: PairPlan
-    images: np.ndarray  # uint8 [U, 3, 224, 224], U distinct images
-    rows: list[int]  # per input of ``plan``, its row in ``images``
+    images: LoadedImages
+    model_identity: str | None  # the cache keys' model identity
     embeddings: np.ndarray | None = None
 
 
@@ -76,7 +81,9 @@ class SimilarityTransformer(Model):
                                          timeout_s=settings.predictor_timeout)
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
+        self.cache = EmbeddingCache(settings.embedding_cache_size)
         self._loader: ImageLoader | None = None
+        self._admission: Admission | None = None
         self.predictor_info: dict[str, Any] = {}
 
     def load(self) -> bool:
@@ -88,10 +95,20 @@ class SimilarityTransformer(Model):
     @property
     def loader(self) -> ImageLoader:
         if self._loader is None:  # the HTTP client must be made inside the event loop
-            self._loader = ImageLoader(self.settings, executor=self.executor,
+            self._loader = ImageLoader(self.settings, executor=self.executor, cache=self.cache,
                                        client=make_client(
-                                           max_connections=self.settings.url_fetch_concurrency))
+                                           max_connections=self.settings.url_fetch_concurrency,
+                                           allowed_networks=self.settings.allowed_networks))
         return self._loader
+
+    @property
+    def admission(self) -> Admission:
+        if self._admission is None:  # asyncio primitives belong to the running loop
+            s = self.settings
+            self._admission = Admission(concurrent=s.max_concurrent_requests,
+                                        queued=s.max_queued_requests,
+                                        queue_timeout_s=s.queue_timeout)
+        return self._admission
 
     def parse(self, body: Any) -> SimilarityRequest:
         """Validate a request body; nothing is decoded or fetched before this passes."""
@@ -116,18 +133,28 @@ class SimilarityTransformer(Model):
         request = self.parse(payload)
         plan = plan_pairs(request.pairs)
         pair_ids = [p.pair_id for p in request.pairs]
-        images, rows = await self.loader.load(plan, pair_ids)
-        return Batch(request=request, plan=plan, images=images, rows=rows)
+        identity = self.predictor_info.get("model_id")
+        images = await self.loader.load(plan, pair_ids, model_identity=identity)
+        return Batch(request=request, plan=plan, images=images, model_identity=identity)
 
     async def predict(self, payload: Batch, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Batch:
         """Embeddings of the batch's distinct images, from the predictor over gRPC v2."""
-        if len(payload.images):
-            result = await self.predictor.embed(payload.images)
-            payload.embeddings = result.vectors
+        loaded = payload.images
+        parts = []
+        if len(loaded.pixels):
+            with metrics.PREDICTOR_SECONDS.time():
+                result = await self.predictor.embed(loaded.pixels)
             self.predictor_info.update(result.info)
-        else:
-            payload.embeddings = np.zeros((0, 1), dtype=np.float32)
+            if payload.model_identity and result.info.get("model_id") == payload.model_identity:
+                for key, vector in zip(loaded.keys, result.vectors, strict=True):
+                    if key is not None:
+                        self.cache.put(key, vector.copy())
+            parts.append(result.vectors)
+        if len(loaded.cached):
+            parts.append(loaded.cached)
+        payload.embeddings = (np.concatenate(parts) if parts
+                              else np.zeros((0, 1), dtype=np.float32))
         return payload
 
     async def postprocess(self, result: Batch, headers: dict[str, str] | None = None,
@@ -136,16 +163,18 @@ class SimilarityTransformer(Model):
         assert result.embeddings is not None
         ids = [p.pair_id for p in result.request.pairs]
         return {"scores": [s.model_dump() for s in score_pairs(
-            result.embeddings, result.plan, result.rows, ids)]}
+            result.embeddings, result.plan, result.images.rows, ids)]}
 
     async def health(self) -> tuple[bool, HealthResponse]:
-        """Predictor readiness and what it runs; device/type from an empty batch."""
+        """Predictor readiness and what it runs.
+
+        Device and model type come with every inference answer; until the first one, an
+        empty batch (no model run) asks for them.
+        """
         ready = await self.predictor.is_ready()
-        if ready:
-            try:
-                self.predictor_info.update(await self.predictor.describe())
-            except ServiceError:
-                ready = False
+        if ready and not self.predictor_info:
+            with contextlib.suppress(ServiceError):
+                self.predictor_info.update(await self.predictor.describe(timeout_s=1.0))
         return ready, HealthResponse(
             status="healthy" if ready else "unavailable",
             model_loaded=ready,
@@ -165,11 +194,52 @@ def _validation_items(error: ValidationError, body: Any) -> list[ErrorItem]:
         index = loc[1] if len(loc) >= 2 and loc[0] == "pairs" and isinstance(loc[1], int) else None
         pair_id = None
         if index is not None and isinstance(pairs, list) and isinstance(pairs[index], dict):
-            raw_id = pairs[index].get("pair_id")
-            pair_id = raw_id if isinstance(raw_id, str | int) else None
+            pair_id = _echoable_id(pairs[index].get("pair_id"))
         field = ".".join(str(p) for p in (loc[2:] if index is not None else loc)) or "body"
         items.append(ErrorItem(index=index, pair_id=pair_id, field=field, reason=err["msg"]))
     return items
+
+
+def _echoable_id(raw: Any) -> str | int | None:
+    """A pair_id safe to repeat in an error: a valid one, else None (never a bool, a huge
+    string or text that is not valid Unicode)."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return None
+    if isinstance(raw, str):
+        if len(raw) > MAX_PAIR_ID_LENGTH:
+            return None
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return raw
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a lone surrogate echoed from a request (a URL in an
+    error reason, say) can never make encoding the answer fail."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` inlined, for ``openapi_extra`` (which
+    does not register them as components)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]
 
 
 _service: SimilarityTransformer | None = None
@@ -182,7 +252,7 @@ def set_service(service: SimilarityTransformer | None) -> None:
 
 
 def _error_response(e: ServiceError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status_code, headers=e.headers())
+    return SafeJSONResponse(e.body(), status_code=e.status_code, headers=e.headers())
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -190,28 +260,61 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@app.post("/similarity", response_model=SimilarityResponse, responses=_ERROR_RESPONSES)
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes:
+    from Content-Length before reading, or while streaming a chunked body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {int(declared)} bytes is over the limit of "
+                           f"{limit} (MAX_REQUEST_BODY_MB)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes "
+                               "(MAX_REQUEST_BODY_MB)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@app.post("/similarity", response_model=SimilarityResponse, responses=_ERROR_RESPONSES,
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": _inline_refs(
+                  SimilarityRequest.model_json_schema())}}}})
 async def similarity(request: Request) -> JSONResponse:
     """DreamSim distance and similarity for each image pair, in request order."""
     started = time.perf_counter()
     try:
         if _service is None:
             raise PredictorUnavailable("the service is starting", retry_after_s=5)
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"the request body is not valid JSON: {e}") from None
-        result, _ = await _service(body, headers={"x-request-id": uuid.uuid4().hex})
+        async with _service.admission.slot():
+            raw = await read_body(request, _service.settings.max_body_bytes)
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadRequest(f"the request body is not valid JSON: {e}") from None
+            except RecursionError:
+                raise BadRequest("the request body is nested too deeply") from None
+            result, _ = await _service(body, headers={"x-request-id": uuid.uuid4().hex})
     except ServiceError as e:
         if e.status_code >= 500:
             log.warning("answering %d: %s", e.status_code, e.detail)
-        return _error_response(e)
+        return _observed(_error_response(e), started)
     except Exception:  # a bug: log it in full, answer without a traceback
         log.exception("unexpected error in /similarity")
-        return JSONResponse(ErrorResponse(detail="internal error; see the server log").model_dump(),
-                            status_code=500)
-    result["processing_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    return JSONResponse(result)
+        return _observed(SafeJSONResponse(
+            ErrorResponse(detail="internal error; see the server log").model_dump(),
+            status_code=500), started)
+    elapsed = time.perf_counter() - started
+    result["processing_time_ms"] = round(elapsed * 1000, 3)
+    metrics.PAIRS.observe(len(result["scores"]))
+    return _observed(SafeJSONResponse(result), started)
+
+
+def _observed(response: JSONResponse, started: float) -> JSONResponse:
+    metrics.REQUESTS.labels(str(response.status_code)).inc()
+    metrics.REQUEST_SECONDS.observe(time.perf_counter() - started)
+    return response
 
 
 @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
@@ -254,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("transformer for model %r on :%d, predictor at %s (grpc-v2)",
              args.model_name, args.http_port, args.predictor_host)
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                enable_grpc=args.enable_grpc).start([service])
+                enable_grpc=args.enable_grpc,
+                grace_period=settings.shutdown_grace_period).start([service])
     return 0
 
 

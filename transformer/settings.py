@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .netguard import IPNetwork, parse_networks
 
 _MB = 1_000_000
 
@@ -31,7 +34,45 @@ class TransformerSettings(BaseSettings):
                                        description="URLs fetched at once, over all requests")
     predictor_timeout: float = Field(120.0, gt=0,
                                      description="seconds allowed for one predictor call")
+    max_request_body_mb: float = Field(256.0, gt=0, le=4096,
+                                       description="largest request body, checked before parsing")
+    max_concurrent_requests: int = Field(
+        8, ge=1, le=1024, description="/similarity requests processed at once")
+    max_queued_requests: int = Field(
+        32, ge=0, le=100_000, description="requests waiting for a slot; more get a quick 429")
+    queue_timeout: float = Field(30.0, gt=0,
+                                 description="seconds a request may wait for a slot (then 503)")
+    shutdown_grace_period: int = Field(
+        30, ge=0, le=3600, description="seconds SIGTERM waits for in-flight requests")
+
+    embedding_cache_size: int = Field(
+        4096, ge=0, le=10_000_000,
+        description="embeddings kept by image hash (0 disables the cache)")
+    decode_mode: Literal["exact", "fast"] = Field(
+        "exact", description="fast: JPEG draft decoding (not bit-identical to DreamSim)")
+
+    url_fetch_enabled: bool = Field(True, description="false: URL inputs are refused (4xx)")
+    url_allowed_networks: str = Field(
+        "", description="comma-separated CIDRs URL fetches may reach although they lie in a "
+                        "blocked range (private, loopback, link-local...), e.g. 10.2.0.0/16")
+    url_max_redirects: int = Field(5, ge=0, le=20,
+                                   description="redirects followed per URL, at most")
+
+    @field_validator("url_allowed_networks")
+    @classmethod
+    def _valid_networks(cls, value: str) -> str:
+        parse_networks(value)  # a bad CIDR fails at start-up, naming the entry
+        return value
+
+    @property
+    def allowed_networks(self) -> tuple[IPNetwork, ...]:
+        """``url_allowed_networks`` parsed (validated at start-up)."""
+        return parse_networks(self.url_allowed_networks)
 
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_size_mb * _MB)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_request_body_mb * _MB)

@@ -121,7 +121,7 @@ def test_every_failing_image_is_listed(service_url: str, image_host: ImageHost,
                                        images: list[bytes]) -> None:
     good = b64(images[0])
     missing = image_host.add("present.png", images[1]).replace("present", "absent")
-    closed = f"http://127.0.0.1:{free_port()}/x.png"
+    closed = f"http://127.0.0.2:{free_port()}/x.png"
     pairs = [
         {"reference_image": good, "generated_image": good, "pair_id": "ok"},
         {"reference_image": "not base64!!", "generated_image": good, "pair_id": "b64"},

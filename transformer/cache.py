@@ -1,0 +1,66 @@
+"""A bounded LRU of embeddings, keyed by a hash of the image bytes and the model identity.
+
+A hit skips decoding and the predictor. The model identity (variant, precision, device,
+weights fingerprint, as the predictor reports them) is part of the key, so a predictor
+restarted with other weights or settings never serves stale embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+
+def cache_key(model_identity: str, data: bytes) -> bytes:
+    """BLAKE2b-128 of the model identity and the image's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(model_identity.encode())
+    h.update(b"\0")
+    h.update(data)
+    return h.digest()
+
+
+class EmbeddingCache:
+    """LRU mapping cache keys to embeddings; ``max_entries = 0`` disables it.
+
+    Args:
+        max_entries: most embeddings kept (each is D float32 values: 768 or 1792).
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_entries > 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        if not self.enabled:
+            return None
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: bytes, value: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the transformer, served on KServe's ``/metrics``.
+
+KServe adds per-model ``request_preprocess_seconds`` / ``request_predict_seconds`` /
+``request_postprocess_seconds``; these cover the public API.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("similarity_requests_total", "POST /similarity answers", ["code"])
+REQUEST_SECONDS = Histogram("similarity_request_seconds", "POST /similarity wall time",
+                            buckets=_TIME_BUCKETS)
+PAIRS = Histogram("similarity_pairs_per_request", "Pairs per request",
+                  buckets=(1, 2, 5, 10, 20, 30, 50, 100, 128, 256))
+DECODE_SECONDS = Histogram("similarity_image_decode_seconds", "Decoding one image",
+                           buckets=_TIME_BUCKETS)
+FETCH_SECONDS = Histogram("similarity_url_fetch_seconds", "Fetching one URL",
+                          buckets=_TIME_BUCKETS)
+PREDICTOR_SECONDS = Histogram("similarity_predictor_call_seconds", "One call to the predictor",
+                              buckets=_TIME_BUCKETS)
+CACHE_HITS = Counter("similarity_embedding_cache_hits_total", "Images served from the cache")
+CACHE_MISSES = Counter("similarity_embedding_cache_misses_total", "Images not in the cache")
+IMAGES = Counter("similarity_images_total", "Image inputs by outcome", ["outcome"])
