@@ -1,0 +1,1 @@
+"""Fuzzing: property-based tests (hypothesis) and OpenAPI-driven fuzzing of the public API."""
