@@ -11,6 +11,7 @@ dropout at inference, merging is exact up to rounding: ``W' = W + scale * B @ A`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .layout import ADAPTER_WEIGHT_FILES, Backbone, Variant
+from .layout import ADAPTER_WEIGHT_FILES, Backbone, Variant, get_variant
 
 StateDict = dict[str, torch.Tensor]
 
@@ -53,6 +54,20 @@ def check_files(cache_dir: Path, variant: Variant) -> None:
             f"DreamSim weights for MODEL_TYPE={variant.name} are incomplete in {cache_dir}: "
             f"missing {', '.join(missing)}. {_how_to_fetch(variant, cache_dir)}"
         )
+
+
+def weights_fingerprint(cache_dir: Path | str, variant: str) -> str:
+    """A short hash of the variant's weight files (paths, sizes, modification times)."""
+    spec = get_variant(variant)
+    cache = Path(cache_dir)
+    lora = cache / spec.lora_dir
+    files = [cache / f for f in spec.required_files] + [lora / f for f in ADAPTER_WEIGHT_FILES]
+    h = hashlib.blake2b(digest_size=8)
+    for path in files:
+        if path.is_file():
+            st = path.stat()
+            h.update(f"{path.relative_to(cache)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
 
 
 def _torch_load(path: Path, variant: Variant, cache_dir: Path) -> Any:

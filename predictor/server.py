@@ -23,7 +23,7 @@ from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
 from kserve.errors import InvalidInput
 
 from .batching import MicroBatcher
-from .checkpoint import WeightsError
+from .checkpoint import WeightsError, weights_fingerprint
 from .model import LoadedModel, load_model
 from .settings import PredictorSettings
 
@@ -43,6 +43,7 @@ class DreamSimPredictor(Model):
         super().__init__(name)
         self.settings = settings
         self.loaded: LoadedModel | None = None
+        self.model_id = ""  # variant, precision, device, weights: the transformer's cache key
         # Concurrent requests share forward passes, one at a time (they share the device).
         self.batcher = MicroBatcher(self._embed, max_images=settings.batch_size_limit,
                                     max_wait_s=settings.batch_max_wait_ms / 1000)
@@ -58,6 +59,8 @@ class DreamSimPredictor(Model):
         s = self.settings
         self.loaded = load_model(cache_dir=s.model_cache_dir, variant=s.model_type,
                                  device=s.device, precision=s.precision)
+        self.model_id = ":".join((s.model_type, self.precision_name, self.loaded.device.type,
+                                  weights_fingerprint(s.model_cache_dir, s.model_type)))
         warm = torch.zeros((min(2, s.batch_size_limit), 3, 224, 224), dtype=torch.uint8)
         self.loaded.embedder.embed(warm, batch_size=s.batch_size_limit)
         log.info("loaded DreamSim %s from %s on %s (%s) in %.1f s; embedding dim %d",
@@ -76,7 +79,8 @@ class DreamSimPredictor(Model):
         assert self.loaded is not None
         return {"device": self.loaded.device.type, "model_type": self.settings.model_type,
                 "precision": self.precision_name,
-                "embedding_dim": self.loaded.embedder.embedding_dim}
+                "embedding_dim": self.loaded.embedder.embedding_dim,
+                "model_id": self.model_id}
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]
