@@ -412,3 +412,18 @@ def test_huge_string_rejected_without_decoding() -> None:
         parse_image_input(huge, max_bytes=MAX_BYTES)
     assert time.perf_counter() - start < 0.1  # length check only: no scan, no decode
     assert reason_of(excinfo) == "image is about 60.0 MB decoded, over the 20 MB limit"
+
+
+def test_fast_mode_only_changes_large_jpegs() -> None:
+    """DECODE_MODE=fast: JPEG draft decoding changes pixels a little on large JPEGs, and
+    nothing elsewhere (the distance deviation is measured by the benchmark)."""
+    from skimage import data as skdata
+
+    photo = Image.fromarray(skdata.astronaut()).resize((1024, 1024))
+    jpeg, png = encode(photo, "JPEG", quality=92), encode(photo, "PNG")
+    exact, fast = decode_image(jpeg), decode_image(jpeg, fast=True)
+    diff = np.abs(exact.astype(np.int16) - fast.astype(np.int16))
+    assert 0 < diff.mean() < 3, diff.mean()
+    assert np.array_equal(decode_image(png), decode_image(png, fast=True))
+    small = encode(photo.resize((300, 200)), "JPEG")  # no draft scale fits: unchanged
+    assert np.array_equal(decode_image(small), decode_image(small, fast=True))

@@ -73,7 +73,7 @@ class ImageLoader:
         self.settings = settings
         self.executor = executor
         self.client = client
-        self.cache = cache or EmbeddingCache(0)
+        self.cache = cache if cache is not None else EmbeddingCache(0)
         self._url_slots = asyncio.Semaphore(settings.url_fetch_concurrency)
 
     async def _fetch(self, url: str) -> bytes:

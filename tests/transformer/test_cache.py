@@ -1,0 +1,66 @@
+"""The embedding cache: LRU bound, keys, and hits that skip decoding and the predictor."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.test_e2e import check_response, distinct_images
+from transformer.cache import EmbeddingCache, cache_key
+
+
+def test_lru_bound_and_order() -> None:
+    cache = EmbeddingCache(2)
+    a, b, c = (cache_key("m", x) for x in (b"a", b"b", b"c"))
+    cache.put(a, np.zeros(3))
+    cache.put(b, np.ones(3))
+    assert cache.get(a) is not None  # a is now the most recent
+    cache.put(c, np.full(3, 2.0))
+    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
+    assert len(cache) == 2 and cache.hits == 3 and cache.misses == 1
+
+
+def test_keys_depend_on_bytes_and_model_identity() -> None:
+    assert cache_key("dino:fp32:cpu:1", b"img") == cache_key("dino:fp32:cpu:1", b"img")
+    assert cache_key("dino:fp32:cpu:1", b"img") != cache_key("dino:fp16:cuda:1", b"img")
+    assert cache_key("dino:fp32:cpu:1", b"img") != cache_key("dino:fp32:cpu:1", b"img2")
+
+
+def test_disabled_cache_stores_nothing() -> None:
+    cache = EmbeddingCache(0)
+    key = cache_key("m", b"x")
+    cache.put(key, np.zeros(3))
+    assert cache.get(key) is None and len(cache) == 0
+
+
+def _counter(metrics_text: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+]+)$", metrics_text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.slow
+def test_repeated_images_are_served_from_the_cache(service_url: str) -> None:
+    imgs = [base64.b64encode(x).decode() for x in distinct_images(3, size=200)]
+    pairs = [{"reference_image": imgs[0], "generated_image": imgs[1], "pair_id": "a"},
+             {"reference_image": imgs[0], "generated_image": imgs[2], "pair_id": "b"}]
+    first = httpx.post(f"{service_url}/similarity", json={"pairs": pairs}, timeout=120)
+    assert first.status_code == 200
+    before = httpx.get(f"{service_url}/metrics", timeout=10).text
+    second = httpx.post(f"{service_url}/similarity", json={"pairs": pairs}, timeout=120)
+    after = httpx.get(f"{service_url}/metrics", timeout=10).text
+    check_response(second.json(), pairs)
+    hits = (_counter(after, "similarity_embedding_cache_hits_total")
+            - _counter(before, "similarity_embedding_cache_hits_total"))
+    assert hits == 3  # every distinct image of the second request
+    assert [s["distance"] for s in second.json()["scores"]] == pytest.approx(
+        [s["distance"] for s in first.json()["scores"]], abs=1e-6)
+    # The same image as a data URI has the same bytes: a hit too.
+    data_uri = [{"reference_image": "data:image/png;base64," + imgs[0],
+                 "generated_image": imgs[1]}]
+    third = httpx.post(f"{service_url}/similarity", json={"pairs": data_uri}, timeout=120)
+    assert third.json()["scores"][0]["distance"] == pytest.approx(
+        first.json()["scores"][0]["distance"], abs=1e-6)
