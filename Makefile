@@ -41,6 +41,11 @@ run: $(VENV)/.installed-runtime
 weights: $(VENV)/.installed-runtime
 	$(PY) -m predictor.weights --model-type $(MODEL_TYPE) --cache-dir $(MODEL_CACHE_DIR)
 
+# The service against upstream dreamsim in one run (bench/run.py); BENCH_ARGS='--help' lists
+# the knobs. Honours DEVICE, PRECISION, MODEL_TYPE, MODEL_CACHE_DIR, BATCH_SIZE_LIMIT.
+bench: $(VENV)/.installed-test
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

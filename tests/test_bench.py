@@ -1,0 +1,84 @@
+"""The benchmark (``make bench``, ``bench/``): helpers, and one tiny run end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench.images import describe, make_images
+from bench.run import percentile, upstream_time
+from tests.procs import REPO_ROOT
+
+
+def test_images_are_distinct_photographs_within_the_size_range() -> None:
+    images = make_images(12, min_side=64, max_side=96, seed=3)
+    assert len({hashlib.sha256(im.data).digest() for im in images}) == 12
+    assert {im.fmt for im in images} == {"JPEG", "PNG"}
+    for im in images:
+        with Image.open(io.BytesIO(im.data)) as img:
+            assert img.format == im.fmt and img.size == (im.width, im.height)
+            assert 64 <= min(img.size) and max(img.size) <= 96
+    info = describe(images)
+    assert info["count"] == info["distinct_bytes"] == 12 and len(info["sources"]) >= 4
+    assert make_images(3, min_side=64, max_side=96, seed=3) == images[:3]  # reproducible
+
+
+def test_upstream_time_is_pairs_times_the_mean_time_per_pair() -> None:
+    up = {"pairs": 2, "per_pair_s": [1.0, 3.0], "mean_per_pair_s": 2.0}
+    assert upstream_time(up, 1) == (2.0, False)
+    assert upstream_time(up, 2) == (4.0, False)
+    assert upstream_time(up, 10) == (20.0, True)
+    assert upstream_time(None, 10) == (None, False)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_run_end_to_end(dino_weights_dir: Path, tmp_path: Path) -> None:
+    """Every phase at the smallest size: weights, images, decode, predictor, upstream,
+    service over HTTP (batches, extras, concurrent clients, gRPC), report files."""
+    weights = tmp_path / "bench-weights"
+    weights.mkdir()
+    (weights / "dino_vitb16").symlink_to(dino_weights_dir)  # the random test checkpoint
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BENCH_") and k not in ("PRECISION", "BATCH_SIZE_LIMIT")}
+    env.update({"DEVICE": "cpu", "MODEL_TYPE": "dino_vitb16",
+                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
+                "BENCH_WEIGHTS_DIR": str(weights), "PYTHONUNBUFFERED": "1"})
+    cmd = [sys.executable, "-m", "bench.run", "--batches", "1,2", "--repeats", "1",
+           "--clients", "2", "--rounds", "1", "--client-pairs", "1", "--upstream-pairs", "1",
+           "--decode-images", "4", "--predictor-images", "2", "--min-side", "400",
+           "--max-side", "440", "--time-limit", "170", "--json", str(out_json),
+           "--markdown", str(out_md), "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "random weights: same cost as the real ones, distances meaningless" in out
+    assert "speedup" in out and "upstream fp32 (always)" in out
+
+    res = json.loads(out_json.read_text())
+    assert res["complete"] is True
+    assert res["settings"]["weights"] == "random"
+    assert [r["pairs"] for r in res["batches"]] == [1, 2]
+    assert all(r["speedup"] > 0 and r["upstream_s"] > 0 for r in res["batches"])
+    assert res["batches"][1]["upstream_scaled"] is True  # 2 pairs from 1 measured
+    assert res["concurrent"]["pairs"] == 2 and res["concurrent"]["pairs_per_s"] > 0
+    assert res["decode"]["all"]["pool_images_per_s"] > 0
+    assert res["predictor"]["batch_images_per_s"] > 0 and res["grpc"]["images_per_s"] > 0
+    assert res["images"]["count"] == res["images"]["distinct_bytes"]
+    assert res["fidelity"]["max_abs_diff"] < 1e-4  # fp32 service vs fp32 upstream
+    assert "| pairs |" in out_md.read_text()
+    # The servers were stopped on exit.
+    assert len(res["service"]["pids"]) == 2
+    for pid in res["service"]["pids"]:
+        assert not Path(f"/proc/{pid}").exists(), f"server {pid} still running"
