@@ -21,7 +21,7 @@ import pytest
 import skimage.data
 import torch
 from dreamsim.config import dreamsim_args
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 
 from transformer.images import (
@@ -427,3 +427,17 @@ def test_fast_mode_only_changes_large_jpegs() -> None:
     assert np.array_equal(decode_image(png), decode_image(png, fast=True))
     small = encode(photo.resize((300, 200)), "JPEG")  # no draft scale fits: unchanged
     assert np.array_equal(decode_image(small), decode_image(small, fast=True))
+
+
+def test_exif_orientation_is_not_applied_as_in_dreamsim() -> None:
+    """Decided: keep DreamSim parity. A JPEG tagged 'rotate 90' decodes to its stored
+    pixels, exactly as DreamSim's preprocess sees them, not to the rotated picture."""
+    img = photo("chelsea")  # 451x300, not square: a rotation would change everything
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    data = encode(img, "JPEG", quality=95, exif=exif.tobytes())
+    assert Image.open(BytesIO(data)).getexif()[0x0112] == 6
+    got = decode_image(data)
+    assert np.array_equal(got, oracle(data))
+    rotated = encode(ImageOps.exif_transpose(Image.open(BytesIO(data))), "PNG")
+    assert not np.array_equal(got, decode_image(rotated))
