@@ -52,7 +52,8 @@ class DreamSimPredictor(Model):
         assert self.loaded is not None, "embed before load"
         # A gRPC raw buffer is read-only; torch wants a writable array.
         batch = torch.from_numpy(np.array(images, copy=True))
-        return self.loaded.embedder.embed(batch, batch_size=self.settings.batch_size_limit).numpy()
+        chunk = self.settings.chunk_size(self.loaded.device.type)
+        return self.loaded.embedder.embed(batch, batch_size=chunk).numpy()
 
     def load(self) -> bool:
         """Load the weights, run a warm-up batch, then (only then) report ready."""

@@ -27,9 +27,19 @@ class PredictorSettings(BaseSettings):
                                   description="largest batch sent through the model at once")
     max_pairs_per_request: int = Field(128, ge=1, le=100_000,
                                        description="sizes the gRPC message limit")
+    cpu_batch_size: int = Field(
+        16, ge=1, le=4096,
+        description="on CPU, chunks are at most this big (smaller chunks stay in cache: "
+                    "measured faster on CPU than 32-64)")
     batch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000,
         description="how long a forward pass waits for other requests to join its batch")
+
+    def chunk_size(self, device_type: str) -> int:
+        """Images per forward pass on ``device_type``."""
+        if device_type == "cpu":
+            return min(self.batch_size_limit, self.cpu_batch_size)
+        return self.batch_size_limit
 
     def grpc_message_limit(self) -> int:
         """Bytes needed for the largest allowed request (two images a pair) plus headroom."""
