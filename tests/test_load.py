@@ -42,8 +42,10 @@ def _rss_mb(pid: int) -> float:
 def loaded_service(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[tuple[str, int]]:
     """A transformer with small admission limits, so that overload answers happen."""
+    # No embedding cache: every request must reach the predictor, or this would only load
+    # the cache.
     env = {"MAX_CONCURRENT_REQUESTS": "3", "MAX_QUEUED_REQUESTS": "2",
-           "URL_ALLOWED_NETWORKS": IMAGE_HOST_NETWORK}
+           "EMBEDDING_CACHE_SIZE": "0", "URL_ALLOWED_NETWORKS": IMAGE_HOST_NETWORK}
     log = tmp_path_factory.mktemp("logs") / "load-transformer.log"
     port = free_port()
     cmd = python_cmd("transformer", "--predictor_host", predictor_server.grpc,
