@@ -113,7 +113,9 @@ def test_predictor_restart_mid_request_and_recovery(dino_weights_dir: Path,
     ready = f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready"
     with running(cmd, env=env, log_path=tmp_path / "p1.log") as predictor:
         wait_http_ok(ready, timeout_s=120, proc=predictor)
-        with start_transformer(f"127.0.0.1:{grpc_port}", tmp_path / "t.log") as url:
+        # No embedding cache: every request below must really need the predictor.
+        with start_transformer(f"127.0.0.1:{grpc_port}", tmp_path / "t.log",
+                               env={"EMBEDDING_CACHE_SIZE": "0"}) as url:
             assert_serves(url)
             # A long request, and the predictor is killed while it runs.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
