@@ -56,6 +56,10 @@ class EmbeddingCache:
             self.hits += 1
             return value
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def put(self, key: bytes, value: np.ndarray) -> None:
         if not self.enabled:
             return

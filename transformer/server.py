@@ -133,7 +133,13 @@ class SimilarityTransformer(Model):
         request = self.parse(payload)
         plan = plan_pairs(request.pairs)
         pair_ids = [p.pair_id for p in request.pairs]
-        identity = self.predictor_info.get("model_id")
+        identity = None
+        if self.cache.enabled and plan.inputs:
+            # Ask which model answers now (an empty batch, no model run): a predictor
+            # restarted with other weights or settings must never be served old embeddings.
+            self._update_info(await self.predictor.describe(
+                timeout_s=min(5.0, self.settings.predictor_timeout)))
+            identity = self.predictor_info.get("model_id")
         images = await self.loader.load(plan, pair_ids, model_identity=identity)
         return Batch(request=request, plan=plan, images=images, model_identity=identity)
 
@@ -145,7 +151,7 @@ class SimilarityTransformer(Model):
         if len(loaded.pixels):
             with metrics.PREDICTOR_SECONDS.time():
                 result = await self.predictor.embed(loaded.pixels)
-            self.predictor_info.update(result.info)
+            self._update_info(result.info)
             if payload.model_identity and result.info.get("model_id") == payload.model_identity:
                 for key, vector in zip(loaded.keys, result.vectors, strict=True):
                     if key is not None:
@@ -165,6 +171,12 @@ class SimilarityTransformer(Model):
         return {"scores": [s.model_dump() for s in score_pairs(
             result.embeddings, result.plan, result.images.rows, ids)]}
 
+    def _update_info(self, info: dict[str, Any]) -> None:
+        """Record what the predictor reports; another model identity empties the cache."""
+        if info.get("model_id") != self.predictor_info.get("model_id"):
+            self.cache.clear()
+        self.predictor_info.update(info)
+
     async def health(self) -> tuple[bool, HealthResponse]:
         """Predictor readiness and what it runs.
 
@@ -174,7 +186,7 @@ class SimilarityTransformer(Model):
         ready = await self.predictor.is_ready()
         if ready and not self.predictor_info:
             with contextlib.suppress(ServiceError):
-                self.predictor_info.update(await self.predictor.describe(timeout_s=1.0))
+                self._update_info(await self.predictor.describe(timeout_s=1.0))
         return ready, HealthResponse(
             status="healthy" if ready else "unavailable",
             model_loaded=ready,

@@ -64,3 +64,17 @@ def test_repeated_images_are_served_from_the_cache(service_url: str) -> None:
     third = httpx.post(f"{service_url}/similarity", json={"pairs": data_uri}, timeout=120)
     assert third.json()["scores"][0]["distance"] == pytest.approx(
         first.json()["scores"][0]["distance"], abs=1e-6)
+
+
+def test_another_model_identity_empties_the_cache() -> None:
+    from transformer.server import SimilarityTransformer
+    from transformer.settings import TransformerSettings
+
+    service = SimilarityTransformer("dreamsim", TransformerSettings(),
+                                    predictor_host="127.0.0.1:1")
+    service._update_info({"model_id": "dino_vitb16:fp32:cpu:aaaa", "device": "cpu"})
+    service.cache.put(cache_key("dino_vitb16:fp32:cpu:aaaa", b"x"), np.zeros(3))
+    service._update_info({"model_id": "dino_vitb16:fp32:cpu:aaaa", "device": "cpu"})
+    assert len(service.cache) == 1  # same model: kept
+    service._update_info({"model_id": "dino_vitb16:fp16:cuda:bbbb", "device": "cuda"})
+    assert len(service.cache) == 0  # restarted with another model: nothing stale survives
