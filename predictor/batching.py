@@ -25,15 +25,6 @@ class _Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-@dataclass
-class BatchStats:
-    """Counters for metrics: forward passes run and requests/images they carried."""
-
-    batches: int = 0
-    requests: int = 0
-    images: int = 0
-
-
 class MicroBatcher:
     """Queue of embedding jobs served by one worker task.
 
@@ -54,7 +45,6 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None
-        self.stats = BatchStats()
 
     async def embed(self, images: np.ndarray) -> np.ndarray:
         """The embeddings of ``images``, computed in a batch shared with other callers."""
@@ -110,9 +100,6 @@ class MicroBatcher:
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
-            self.stats.batches += 1
-            self.stats.requests += len(jobs)
-            self.stats.images += len(batch)
             metrics.IMAGES.inc(len(batch))
             start = 0
             for j in jobs:

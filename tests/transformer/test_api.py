@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +11,9 @@ import pytest
 
 from tests.conftest import ImageHost, Predictor, start_transformer
 from tests.procs import free_port
-from tests.test_e2e import check_response, distinct_images
+from tests.test_e2e import b64, check_response, distinct_images
 
 pytestmark = pytest.mark.slow
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ nothing lost, and the next request is served correctly."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import signal
 import time
@@ -14,16 +13,12 @@ import pytest
 
 from tests.conftest import Predictor, start_transformer
 from tests.procs import free_port, python_cmd, running, wait_http_ok
-from tests.test_e2e import check_response, distinct_images
+from tests.test_e2e import b64, check_response, distinct_images
 from tests.transformer.fake_predictor import fake_predictor
 
 pytestmark = pytest.mark.slow
 
 IMAGES = distinct_images(12, size=128)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def pairs(n: int, offset: int = 0) -> list[dict[str, object]]:
