@@ -4,7 +4,8 @@ Base64 parsing and decoding run in a thread pool (Pillow releases the GIL while 
 decodes and resizes), URLs are fetched concurrently with a global bound; every failure is
 collected so that the client learns about all of them in one answer. Images whose
 embedding is in the cache are not decoded; images that decode to the same pixels are
-embedded once.
+embedded once. Each distinct image is handed to a ``ChunkSender`` as soon as it is
+decoded, so that the predictor can start on the first chunk while the rest decode.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,7 +26,8 @@ from . import metrics
 from .cache import EmbeddingCache, cache_key
 from .errors import ImageErrors
 from .fetch import FetchError, fetch_image_bytes
-from .images import IMAGE_SIZE, ImageInputError, decode_image, parse_image_input
+from .images import ImageInputError, decode_image, parse_image_input
+from .pipeline import ChunkSender
 from .schemas import ErrorItem, PairId
 from .scoring import PairPlan
 from .settings import TransformerSettings
@@ -34,10 +37,12 @@ URL_FETCH_DISABLED = "URL inputs are disabled on this service (URL_FETCH_ENABLED
 
 @dataclass(frozen=True)
 class _Source:
-    """One distinct input: its cache key, and its pixels or its cached embedding."""
+    """One distinct input: its cache key, and its pixels (with their digest) or its cached
+    embedding."""
 
     key: bytes | None
     pixels: np.ndarray | None = None
+    digest: bytes = b""
     embedding: np.ndarray | None = None
 
 
@@ -46,16 +51,34 @@ class LoadedImages:
     """What a request needs from the predictor, and how to read the answer.
 
     Attributes:
-        pixels: ``[U, 3, 224, 224]`` uint8, the distinct images to embed.
-        keys: per row of ``pixels``, its cache key (None: not cached).
+        sender: the distinct decoded images (``sender.rows`` of them), sent or to be sent
+            to the predictor in row order.
+        keys: per row of ``sender``, its cache key (None: not cached).
         cached: ``[C, D]`` embeddings found in the cache (``[0, 0]`` when none).
-        rows: per input of the plan, its row in ``concat(embed(pixels), cached)``.
+        rows: per input of the plan, its row in ``concat(embeddings of sender, cached)``.
     """
 
-    pixels: np.ndarray
+    sender: ChunkSender[Any]
     keys: list[bytes | None]
     cached: np.ndarray
     rows: list[int]
+
+
+class _Rows:
+    """Assigns rows as images finish decoding: pixel-identical images share a row."""
+
+    def __init__(self, sender: ChunkSender[Any]) -> None:
+        self.sender = sender
+        self.by_digest: dict[bytes, int] = {}
+        self.keys: list[bytes | None] = []
+
+    def add(self, source: _Source) -> int:
+        assert source.pixels is not None
+        row = self.by_digest.get(source.digest)
+        if row is None:
+            row = self.by_digest[source.digest] = self.sender.add(source.pixels)
+            self.keys.append(source.key)
+        return row
 
 
 class ImageLoader:
@@ -87,11 +110,13 @@ class ImageLoader:
             finally:
                 metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes) -> tuple[np.ndarray, bytes]:
+        """Pixels, and a digest of them (for deduplication), in a pool thread."""
         started = time.perf_counter()
         try:
-            return decode_image(data, max_pixels=self.settings.max_image_pixels,
-                                fast=self.settings.decode_mode == "fast")
+            pixels = decode_image(data, max_pixels=self.settings.max_image_pixels,
+                                  fast=self.settings.decode_mode == "fast")
+            return pixels, hashlib.blake2b(pixels.tobytes(), digest_size=16).digest()
         finally:
             metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
 
@@ -122,24 +147,34 @@ class ImageLoader:
             (metrics.CACHE_HITS if cached is not None else metrics.CACHE_MISSES).inc()
             if cached is not None:
                 return _Source(key=key, embedding=cached)
-        pixels = await loop.run_in_executor(self.executor, self._decode, data)
-        return _Source(key=key, pixels=pixels)
+        pixels, digest = await loop.run_in_executor(self.executor, self._decode, data)
+        return _Source(key=key, pixels=pixels, digest=digest)
 
     async def load(self, plan: PairPlan, pair_ids: Sequence[PairId], *,
-                   model_identity: str | None = None) -> LoadedImages:
+                   model_identity: str | None = None,
+                   sender: ChunkSender[Any] | None = None) -> LoadedImages:
         """Fetch and decode every input of ``plan``, or take it from the cache.
 
         Args:
             plan: the request's distinct inputs and who uses them.
             pair_ids: for the error items.
             model_identity: the predictor's model identity; None disables the cache.
+            sender: receives each distinct decoded image as soon as it is ready (it may
+                start embedding); by default one that only collects them.
 
         Raises:
             ImageErrors: listing each failing (pair, field), when any input fails.
         """
-        results = await asyncio.gather(
-            *(self._load_one(value, model_identity) for value in plan.inputs),
-            return_exceptions=True)
+        rows = _Rows(sender if sender is not None else ChunkSender(None, chunk_images=0))
+
+        async def load_one(value: str) -> tuple[str, int, np.ndarray | None]:
+            source = await self._load_one(value, model_identity)
+            if source.pixels is not None:  # on the event loop: no race between digests
+                return "pixels", rows.add(source), None
+            return "cached", 0, source.embedding
+
+        results = await asyncio.gather(*(load_one(value) for value in plan.inputs),
+                                       return_exceptions=True)
         errors: list[ErrorItem] = []
         for result, uses in zip(results, plan.uses, strict=True):
             if isinstance(result, ImageInputError):
@@ -153,34 +188,14 @@ class ImageLoader:
             pairs = len({e.index for e in errors})
             raise ImageErrors(f"{len(errors)} image(s) in {pairs} pair(s) could not be used",
                               errors)
-        sources = [r for r in results if isinstance(r, _Source)]
-        return _assemble(sources)
-
-
-def _assemble(sources: list[_Source]) -> LoadedImages:
-    """Rows for decoded images first (pixel-identical ones share a row), cached after."""
-    by_pixels: dict[bytes, int] = {}
-    pixels: list[np.ndarray] = []
-    keys: list[bytes | None] = []
-    cached: list[np.ndarray] = []
-    slot: list[tuple[str, int]] = []
-    for src in sources:
-        if src.pixels is not None:
-            digest = hashlib.blake2b(src.pixels.tobytes(), digest_size=16).digest()
-            if digest not in by_pixels:
-                by_pixels[digest] = len(pixels)
-                pixels.append(src.pixels)
-                keys.append(src.key)
-            slot.append(("pixels", by_pixels[digest]))
-        else:
-            assert src.embedding is not None
-            slot.append(("cached", len(cached)))
-            cached.append(src.embedding)
-    metrics.IMAGES.labels("decoded").inc(len(pixels))
-    metrics.IMAGES.labels("cached").inc(len(cached))
-    rows = [i if kind == "pixels" else len(pixels) + i for kind, i in slot]
-    batch = (np.stack(pixels) if pixels
-             else np.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
-    return LoadedImages(pixels=batch, keys=keys,
-                        cached=np.stack(cached) if cached else np.empty((0, 0), np.float32),
-                        rows=rows)
+        slots = [r for r in results if isinstance(r, tuple)]
+        cached = [embedding for kind, _, embedding in slots
+                  if kind == "cached" and embedding is not None]
+        decoded = rows.sender.rows
+        metrics.IMAGES.labels("decoded").inc(decoded)
+        metrics.IMAGES.labels("cached").inc(len(cached))
+        order = iter(range(decoded, decoded + len(cached)))
+        return LoadedImages(
+            sender=rows.sender, keys=rows.keys,
+            cached=np.stack(cached) if cached else np.empty((0, 0), np.float32),
+            rows=[row if kind == "pixels" else next(order) for kind, row, _ in slots])

@@ -33,7 +33,8 @@ from .cache import EmbeddingCache
 from .errors import BadRequest, BodyTooLarge, PredictorUnavailable, ServiceError, TooManyPairs
 from .fetch import make_client
 from .inputs import ImageLoader, LoadedImages
-from .predictor_client import PredictorClient
+from .pipeline import ChunkSender
+from .predictor_client import Embeddings, PredictorClient
 from .schemas import (
     MAX_PAIR_ID_LENGTH,
     ErrorItem,
@@ -140,23 +141,37 @@ class SimilarityTransformer(Model):
             self._update_info(await self.predictor.describe(
                 timeout_s=min(5.0, self.settings.predictor_timeout)))
             identity = self.predictor_info.get("model_id")
-        images = await self.loader.load(plan, pair_ids, model_identity=identity)
+        # Distinct images go to the predictor in chunks while the rest still decode.
+        sender = ChunkSender(self._embed_chunk, chunk_images=self.settings.pipeline_chunk_images)
+        try:
+            images = await self.loader.load(plan, pair_ids, model_identity=identity,
+                                            sender=sender)
+        except BaseException:
+            sender.cancel()
+            raise
         return Batch(request=request, plan=plan, images=images, model_identity=identity)
+
+    async def _embed_chunk(self, pixels: np.ndarray) -> Embeddings:
+        with metrics.PREDICTOR_SECONDS.time():
+            return await self.predictor.embed(pixels)
 
     async def predict(self, payload: Batch, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Batch:
         """Embeddings of the batch's distinct images, from the predictor over gRPC v2."""
         loaded = payload.images
         parts = []
-        if len(loaded.pixels):
-            with metrics.PREDICTOR_SECONDS.time():
-                result = await self.predictor.embed(loaded.pixels)
-            self._update_info(result.info)
-            if payload.model_identity and result.info.get("model_id") == payload.model_identity:
-                for key, vector in zip(loaded.keys, result.vectors, strict=True):
+        if loaded.sender.rows:
+            results = await loaded.sender.results()
+            for result in results:
+                self._update_info(result.info)
+            vectors = results[0].vectors if len(results) == 1 else np.concatenate(
+                [r.vectors for r in results])
+            if payload.model_identity and all(
+                    r.info.get("model_id") == payload.model_identity for r in results):
+                for key, vector in zip(loaded.keys, vectors, strict=True):
                     if key is not None:
                         self.cache.put(key, vector.copy())
-            parts.append(result.vectors)
+            parts.append(vectors)
         if len(loaded.cached):
             parts.append(loaded.cached)
         payload.embeddings = (np.concatenate(parts) if parts

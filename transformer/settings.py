@@ -48,6 +48,11 @@ class TransformerSettings(BaseSettings):
     embedding_cache_size: int = Field(
         4096, ge=0, le=10_000_000,
         description="embeddings kept by image hash (0 disables the cache)")
+    pipeline_chunk_images: int = Field(
+        16, ge=0, le=4096,
+        description="distinct images sent to the predictor per call as soon as they are "
+                    "decoded, so that decoding overlaps inference (0: one call per request, "
+                    "after all its images are decoded)")
     decode_mode: Literal["exact", "fast"] = Field(
         "exact", description="fast: JPEG draft decoding (not bit-identical to DreamSim)")
 
