@@ -572,7 +572,7 @@ def plan_image_count(args: argparse.Namespace, ref_n: int) -> int:
     pairs += 2  # service warm-up (also upstream's warm-up pair)
     images = 2 * pairs
     if args.service and args.extras:
-        images += ref_n + 1
+        images += ref_n + 1 + 2 * ref_n * args.repeats  # one reference; pipelining on/off
     if args.service and args.clients > 0:
         images += 2 * args.clients * args.rounds * args.client_pairs
     return max(images, args.decode_images, 1)
@@ -603,6 +603,8 @@ def execute(run: Run, s: Settings, deadline: Deadline) -> None:
                       for i in range(args.upstream_pairs)]
     warm = pool.pairs(2)
     shared = pool.take(ref_n + 1) if args.service and args.extras else []
+    overlap = ([pool.pairs(ref_n) for _ in range(args.repeats)]
+               if args.service and args.extras else [])
     concurrent = [[pool.pairs(args.client_pairs) for _ in range(args.rounds)]
                   for _ in range(args.clients)] if args.service else []
 
@@ -624,14 +626,14 @@ def execute(run: Run, s: Settings, deadline: Deadline) -> None:
         free_memory()
     if args.service:
         run.phase("service over HTTP", lambda: measure_service(
-            run, s, plan, batches, warm, shared, concurrent, inputs, deadline))
+            run, s, plan, batches, warm, shared, overlap, concurrent, inputs, deadline))
         fidelity(res, plan, batches, args)
 
 
 def measure_service(run: Run, s: Settings, plan: dict[tuple[int, int], list[Any]],
                     batches: list[int], warm: list[Any], shared: list[BenchImage],
-                    concurrent: list[list[list[Any]]], inputs: np.ndarray | None,
-                    deadline: Deadline) -> None:
+                    overlap: list[list[Any]], concurrent: list[list[list[Any]]],
+                    inputs: np.ndarray | None, deadline: Deadline) -> None:
     from bench.service import run_service
 
     args, res = run.args, run.results
@@ -670,6 +672,9 @@ def measure_service(run: Run, s: Settings, plan: dict[tuple[int, int], list[Any]
                                     "server_ms": ms}
             run.log(f"  extras: same pairs again {res['again']['wall_s']:.3f} s, one reference "
                     f"x {len(gens)} {wall:.3f} s")
+            if overlap:
+                res["pipelining"] = compare_pipelining(run, s, svc, overlap, max_pairs,
+                                                       deadline)
         if concurrent:
             bodies = [[request_body(req) for req in client] for client in concurrent]
             res["concurrent"] = measure_concurrent(svc.url, bodies, args.client_pairs, deadline)
@@ -678,6 +683,35 @@ def measure_service(run: Run, s: Settings, plan: dict[tuple[int, int], list[Any]
             run.log(f"  {c['clients']} clients: {c['pairs_per_s']:.2f} pairs/s")
         if inputs is not None:
             res["grpc"] = measure_grpc(svc.grpc, inputs, s.batch_size_limit, deadline)
+
+
+def compare_pipelining(run: Run, s: Settings, svc: Any, requests: list[list[Any]],
+                       max_pairs: int, deadline: Deadline) -> dict[str, Any]:
+    """The same fresh requests through the service's transformer (decoding overlapped with
+    inference, chunks of PIPELINE_CHUNK_IMAGES) and through a second transformer on the
+    same predictor that sends each request in one call after decoding it all
+    (PIPELINE_CHUNK_IMAGES=0); alternating which goes first. Each transformer sees each
+    request once, so neither has it cached."""
+    from bench.service import run_transformer
+    from transformer.settings import TransformerSettings
+
+    chunk = TransformerSettings().pipeline_chunk_images
+    env = {**s.service_env(max_pairs), "PIPELINE_CHUNK_IMAGES": "0"}
+    on: list[float] = []
+    off: list[float] = []
+    with run_transformer(svc.grpc, env, run.args.log_dir / "transformer-single-call.log") as (
+            url, _), httpx.Client() as http:
+        for r, pairs in enumerate(requests):
+            body = request_body(pairs)
+            order = [(svc.url, on), (url, off)]
+            for target, walls in (order if r % 2 == 0 else order[::-1]):
+                walls.append(post(http, target, body, len(pairs), deadline)[0])
+    out = {"pairs": len(requests[0]), "chunk_images": chunk, "pipelined_s": on,
+           "single_call_s": off, "pipelined_median_s": statistics.median(on),
+           "single_call_median_s": statistics.median(off)}
+    run.log(f"  pipelining: chunks of {chunk} {out['pipelined_median_s']:.3f} s, one call "
+            f"{out['single_call_median_s']:.3f} s")
+    return out
 
 
 def ref_n_of(batches: list[int]) -> int:
@@ -777,6 +811,15 @@ def build_tables(run: Run, s: Settings) -> tuple[list[str], list[str]]:
             o = res["one_reference"]
             extra.append(f"one reference x {o['pairs']} generated ({o['images']} distinct images "
                          f"instead of {2 * o['pairs']}: deduplication): {o['wall_s']:.3f} s")
+        if "pipelining" in res:
+            pl = res["pipelining"]
+            extra.append(
+                f"{pl['pairs']} pairs with decoding overlapped with inference (chunks of "
+                f"{pl['chunk_images']} images sent while the rest decode): "
+                f"{pl['pipelined_median_s']:.3f} s; decoding all, then one call "
+                f"(PIPELINE_CHUNK_IMAGES=0): {pl['single_call_median_s']:.3f} s (medians of "
+                f"{len(pl['pipelined_s'])}, same requests, alternating order; "
+                f"{pl['single_call_median_s'] / pl['pipelined_median_s']:.2f}x)")
         if extra:
             text += ["", *extra]
             md += [f"- {e}" for e in extra] + [""]

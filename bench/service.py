@@ -80,23 +80,33 @@ class Service:
 
 
 @contextlib.contextmanager
+def run_transformer(grpc: str, env: Mapping[str, str], log_path: Path) -> Iterator[
+        tuple[str, subprocess.Popen[bytes]]]:
+    """A transformer wired to the predictor at ``grpc``; yields (URL, process) once /health
+    is 200."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "transformer", "--predictor_host", grpc,
+           "--predictor_protocol", "grpc-v2", "--http_port", str(port)]
+    with spawn(cmd, env=env, log_path=log_path) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/health", timeout_s=120, proc=proc, log_path=log_path)
+        yield url, proc
+
+
+@contextlib.contextmanager
 def run_service(env: Mapping[str, str], log_dir: Path, *, ready_timeout_s: float = 300
                 ) -> Iterator[Service]:
     """Start predictor then transformer (wired over gRPC v2); yield once /health is 200."""
     log_dir.mkdir(parents=True, exist_ok=True)
     plog, tlog = log_dir / "predictor.log", log_dir / "transformer.log"
-    http_port, grpc_port, port = free_port(), free_port(), free_port()
+    http_port, grpc_port = free_port(), free_port()
     predictor = [sys.executable, "-m", "predictor", "--http_port", str(http_port),
                  "--grpc_port", str(grpc_port)]
     grpc = f"127.0.0.1:{grpc_port}"
-    transformer = [sys.executable, "-m", "transformer", "--predictor_host", grpc,
-                   "--predictor_protocol", "grpc-v2", "--http_port", str(port)]
     with spawn(predictor, env=env, log_path=plog) as pproc:
         wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready",
                      timeout_s=ready_timeout_s, proc=pproc, log_path=plog)
-        with spawn(transformer, env=env, log_path=tlog) as tproc:
-            url = f"http://127.0.0.1:{port}"
-            wait_http_ok(f"{url}/health", timeout_s=120, proc=tproc, log_path=tlog)
+        with run_transformer(grpc, env, tlog) as (url, tproc):
             health = httpx.get(f"{url}/health", timeout=10).json()
             yield Service(url=url, grpc=grpc, health=health, logs=(plog, tlog),
                           pids=(pproc.pid, tproc.pid))

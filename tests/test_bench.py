@@ -76,6 +76,9 @@ def test_tiny_benchmark_run_end_to_end(dino_weights_dir: Path, tmp_path: Path) -
     assert res["decode"]["all"]["pool_images_per_s"] > 0
     assert res["predictor"]["batch_images_per_s"] > 0 and res["grpc"]["images_per_s"] > 0
     assert res["images"]["count"] == res["images"]["distinct_bytes"]
+    pl = res["pipelining"]  # the same requests with and without overlapped decoding
+    assert pl["pairs"] == 2 and len(pl["pipelined_s"]) == len(pl["single_call_s"]) == 1
+    assert "decoding overlapped with inference" in out
     assert res["fidelity"]["max_abs_diff"] < 1e-4  # fp32 service vs fp32 upstream
     assert "| pairs |" in out_md.read_text()
     # The servers were stopped on exit.
