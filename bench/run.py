@@ -55,6 +55,7 @@ from bench.images import MAX_SIDE, MIN_SIDE, BenchImage, describe, make_images
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 WEIGHTS_DIR = Path(os.environ.get("BENCH_WEIGHTS_DIR") or REPO_ROOT / ".cache" / "bench-weights")
+PIPELINE_CHUNK = 16  # compared against one call when the service runs with 0
 RANDOM_WEIGHTS_NOTE = "random weights: same cost as the real ones, distances meaningless"
 
 
@@ -687,30 +688,32 @@ def measure_service(run: Run, s: Settings, plan: dict[tuple[int, int], list[Any]
 
 def compare_pipelining(run: Run, s: Settings, svc: Any, requests: list[list[Any]],
                        max_pairs: int, deadline: Deadline) -> dict[str, Any]:
-    """The same fresh requests through the service's transformer (decoding overlapped with
-    inference, chunks of PIPELINE_CHUNK_IMAGES) and through a second transformer on the
-    same predictor that sends each request in one call after decoding it all
-    (PIPELINE_CHUNK_IMAGES=0); alternating which goes first. Each transformer sees each
-    request once, so neither has it cached."""
+    """The same fresh requests through the service's transformer and through a second one
+    on the same predictor with the other PIPELINE_CHUNK_IMAGES: decoding overlapped with
+    inference (chunks sent while the rest decode) against decoding all, then one call.
+    Alternating which goes first; each transformer sees each request once (no cache hit).
+    Both processes share this machine's cores here: ``python -m bench.pipelining`` also
+    measures them on separate cores, as separate pods run."""
     from bench.service import run_transformer
     from transformer.settings import TransformerSettings
 
     chunk = TransformerSettings().pipeline_chunk_images
-    env = {**s.service_env(max_pairs), "PIPELINE_CHUNK_IMAGES": "0"}
-    on: list[float] = []
-    off: list[float] = []
-    with run_transformer(svc.grpc, env, run.args.log_dir / "transformer-single-call.log") as (
-            url, _), httpx.Client() as http:
+    other = 0 if chunk else PIPELINE_CHUNK
+    env = {**s.service_env(max_pairs), "PIPELINE_CHUNK_IMAGES": str(other)}
+    times: dict[int, list[float]] = {chunk: [], other: []}
+    with run_transformer(svc.grpc, env, run.args.log_dir / f"transformer-chunk-{other}.log"
+                         ) as (url, _), httpx.Client() as http:
         for r, pairs in enumerate(requests):
             body = request_body(pairs)
-            order = [(svc.url, on), (url, off)]
-            for target, walls in (order if r % 2 == 0 else order[::-1]):
-                walls.append(post(http, target, body, len(pairs), deadline)[0])
-    out = {"pairs": len(requests[0]), "chunk_images": chunk, "pipelined_s": on,
-           "single_call_s": off, "pipelined_median_s": statistics.median(on),
-           "single_call_median_s": statistics.median(off)}
-    run.log(f"  pipelining: chunks of {chunk} {out['pipelined_median_s']:.3f} s, one call "
-            f"{out['single_call_median_s']:.3f} s")
+            order = [(svc.url, chunk), (url, other)]
+            for target, key in (order if r % 2 == 0 else order[::-1]):
+                times[key].append(post(http, target, body, len(pairs), deadline)[0])
+    out = {"pairs": len(requests[0]), "chunk_images": max(chunk, other),
+           "pipelined_s": times[max(chunk, other)], "single_call_s": times[0]}
+    out["pipelined_median_s"] = statistics.median(out["pipelined_s"])
+    out["single_call_median_s"] = statistics.median(out["single_call_s"])
+    run.log(f"  pipelining: chunks of {out['chunk_images']} {out['pipelined_median_s']:.3f} s, "
+            f"one call {out['single_call_median_s']:.3f} s")
     return out
 
 
@@ -819,7 +822,8 @@ def build_tables(run: Run, s: Settings) -> tuple[list[str], list[str]]:
                 f"{pl['pipelined_median_s']:.3f} s; decoding all, then one call "
                 f"(PIPELINE_CHUNK_IMAGES=0): {pl['single_call_median_s']:.3f} s (medians of "
                 f"{len(pl['pipelined_s'])}, same requests, alternating order; "
-                f"{pl['single_call_median_s'] / pl['pipelined_median_s']:.2f}x)")
+                f"{pl['single_call_median_s'] / pl['pipelined_median_s']:.2f}x; predictor and "
+                f"transformer share the cores here: see python -m bench.pipelining)")
         if extra:
             text += ["", *extra]
             md += [f"- {e}" for e in extra] + [""]

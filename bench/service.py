@@ -32,14 +32,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 @contextlib.contextmanager
-def spawn(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path
-          ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` (cwd = repo root, output to ``log_path``) for the with-block."""
+def spawn(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
+          cpus: set[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` (cwd = repo root, output to ``log_path``) for the with-block, on the
+    cores ``cpus`` only when given (Linux)."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+
+    def setup() -> None:  # in the child, between fork and exec
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(cmd), cwd=REPO_ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                preexec_fn=setup if sys.platform == "linux" else None)
         try:
             yield proc
         finally:
@@ -80,17 +87,30 @@ class Service:
 
 
 @contextlib.contextmanager
-def run_transformer(grpc: str, env: Mapping[str, str], log_path: Path) -> Iterator[
-        tuple[str, subprocess.Popen[bytes]]]:
-    """A transformer wired to the predictor at ``grpc``; yields (URL, process) once /health
-    is 200."""
+def run_predictor(env: Mapping[str, str], log_path: Path, *, cpus: set[int] | None = None,
+                  ready_timeout_s: float = 300) -> Iterator[tuple[str, int]]:
+    """The predictor; yields (gRPC ``host:port``, pid) once its model is ready."""
+    http_port, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "predictor", "--http_port", str(http_port),
+           "--grpc_port", str(grpc_port)]
+    with spawn(cmd, env=env, log_path=log_path, cpus=cpus) as proc:
+        wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready",
+                     timeout_s=ready_timeout_s, proc=proc, log_path=log_path)
+        yield f"127.0.0.1:{grpc_port}", proc.pid
+
+
+@contextlib.contextmanager
+def run_transformer(grpc: str, env: Mapping[str, str], log_path: Path, *,
+                    cpus: set[int] | None = None) -> Iterator[tuple[str, int]]:
+    """A transformer wired to the predictor at ``grpc``; yields (URL, pid) once /health is
+    200."""
     port = free_port()
     cmd = [sys.executable, "-m", "transformer", "--predictor_host", grpc,
            "--predictor_protocol", "grpc-v2", "--http_port", str(port)]
-    with spawn(cmd, env=env, log_path=log_path) as proc:
+    with spawn(cmd, env=env, log_path=log_path, cpus=cpus) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{url}/health", timeout_s=120, proc=proc, log_path=log_path)
-        yield url, proc
+        yield url, proc.pid
 
 
 @contextlib.contextmanager
@@ -99,14 +119,7 @@ def run_service(env: Mapping[str, str], log_dir: Path, *, ready_timeout_s: float
     """Start predictor then transformer (wired over gRPC v2); yield once /health is 200."""
     log_dir.mkdir(parents=True, exist_ok=True)
     plog, tlog = log_dir / "predictor.log", log_dir / "transformer.log"
-    http_port, grpc_port = free_port(), free_port()
-    predictor = [sys.executable, "-m", "predictor", "--http_port", str(http_port),
-                 "--grpc_port", str(grpc_port)]
-    grpc = f"127.0.0.1:{grpc_port}"
-    with spawn(predictor, env=env, log_path=plog) as pproc:
-        wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready",
-                     timeout_s=ready_timeout_s, proc=pproc, log_path=plog)
-        with run_transformer(grpc, env, tlog) as (url, tproc):
-            health = httpx.get(f"{url}/health", timeout=10).json()
-            yield Service(url=url, grpc=grpc, health=health, logs=(plog, tlog),
-                          pids=(pproc.pid, tproc.pid))
+    with run_predictor(env, plog, ready_timeout_s=ready_timeout_s) as (grpc, ppid), \
+            run_transformer(grpc, env, tlog) as (url, tpid):
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        yield Service(url=url, grpc=grpc, health=health, logs=(plog, tlog), pids=(ppid, tpid))

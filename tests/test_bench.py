@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,47 @@ def test_tiny_benchmark_run_end_to_end(dino_weights_dir: Path, tmp_path: Path) -
     assert len(res["service"]["pids"]) == 2
     for pid in res["service"]["pids"]:
         assert not Path(f"/proc/{pid}").exists(), f"server {pid} still running"
+
+
+@pytest.mark.slow
+def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path: Path) -> None:
+    """bench.compile at batch 1: eager and torch.compile, with their deviation."""
+    if shutil.which("g++") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    weights = tmp_path / "bench-weights"
+    weights.mkdir()
+    (weights / "dino_vitb16").symlink_to(dino_weights_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
+                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
+                "BENCH_WEIGHTS_DIR": str(weights), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+    proc = subprocess.run([sys.executable, "-m", "bench.compile", "--batches", "1",
+                           "--repeats", "1"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"^\s+(eager|compile|cudagraphs) batch\s+1: .* max \|diff\| vs eager (\S+)$",
+        proc.stdout, re.MULTILINE)}
+    assert set(lines) == {"eager", "compile"}  # no CUDA graphs without CUDA
+    assert lines["eager"] == 0 and lines["compile"] < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path: Path) -> None:
+    """bench.pipelining at one pair: predictor and transformers on separate and on shared
+    cores, each transformer answering every request."""
+    weights = tmp_path / "bench-weights"
+    weights.mkdir()
+    (weights / "dino_vitb16").symlink_to(dino_weights_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
+                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
+                "BENCH_WEIGHTS_DIR": str(weights)})
+    proc = subprocess.run([sys.executable, "-m", "bench.pipelining", "--pairs", "1",
+                           "--requests", "1", "--chunk", "1"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for layout in ("separate", "shared"):
+        assert re.search(rf"^{layout} cores, 1 pairs: chunks of 1 [0-9.]+ s, one call [0-9.]+ s",
+                         proc.stdout, re.MULTILINE), proc.stdout
