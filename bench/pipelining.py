@@ -56,7 +56,7 @@ def measure(layout: str, env: dict[str, str], chunk: int, requests: list[bytes],
     times: dict[int, list[float]] = {chunk: [], 0: []}
     deadline = Deadline(at=float("inf"))
     with contextlib.ExitStack() as stack:
-        grpc, _ = stack.enter_context(run_predictor(
+        grpc, _, _ = stack.enter_context(run_predictor(
             penv, RESULTS_DIR / "logs" / f"pipelining-{layout}-predictor.log",
             cpus=predictor_cpus))
         urls = {}

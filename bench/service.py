@@ -88,15 +88,16 @@ class Service:
 
 @contextlib.contextmanager
 def run_predictor(env: Mapping[str, str], log_path: Path, *, cpus: set[int] | None = None,
-                  ready_timeout_s: float = 300) -> Iterator[tuple[str, int]]:
-    """The predictor; yields (gRPC ``host:port``, pid) once its model is ready."""
+                  ready_timeout_s: float = 300) -> Iterator[tuple[str, int, str]]:
+    """The predictor; yields (gRPC ``host:port``, pid, REST base URL) once its model is
+    ready."""
     http_port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "predictor", "--http_port", str(http_port),
            "--grpc_port", str(grpc_port)]
     with spawn(cmd, env=env, log_path=log_path, cpus=cpus) as proc:
         wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready",
                      timeout_s=ready_timeout_s, proc=proc, log_path=log_path)
-        yield f"127.0.0.1:{grpc_port}", proc.pid
+        yield f"127.0.0.1:{grpc_port}", proc.pid, f"http://127.0.0.1:{http_port}"
 
 
 @contextlib.contextmanager
@@ -119,7 +120,7 @@ def run_service(env: Mapping[str, str], log_dir: Path, *, ready_timeout_s: float
     """Start predictor then transformer (wired over gRPC v2); yield once /health is 200."""
     log_dir.mkdir(parents=True, exist_ok=True)
     plog, tlog = log_dir / "predictor.log", log_dir / "transformer.log"
-    with run_predictor(env, plog, ready_timeout_s=ready_timeout_s) as (grpc, ppid), \
+    with run_predictor(env, plog, ready_timeout_s=ready_timeout_s) as (grpc, ppid, _), \
             run_transformer(grpc, env, tlog) as (url, tpid):
         health = httpx.get(f"{url}/health", timeout=10).json()
         yield Service(url=url, grpc=grpc, health=health, logs=(plog, tlog), pids=(ppid, tpid))

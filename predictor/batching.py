@@ -34,14 +34,16 @@ class MicroBatcher:
         max_images: most images combined into one call of ``run``.
         max_wait_s: how long the worker waits for more requests before running a batch
             that is not full.
+        combine: False runs every request alone, one after the other (no batching across
+            requests; for comparison and for strict per-request isolation).
     """
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_images: int,
-                 max_wait_s: float) -> None:
+                 max_wait_s: float, combine: bool = True) -> None:
         assert max_images >= 1 and max_wait_s >= 0, "max_images >= 1 and max_wait_s >= 0"
         self._run = run
-        self._max_images = max_images
-        self._max_wait_s = max_wait_s
+        self._max_images = max_images if combine else 1
+        self._max_wait_s = max_wait_s if combine else 0.0
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None

@@ -44,9 +44,7 @@ class DreamSimPredictor(Model):
         self.settings = settings
         self.loaded: LoadedModel | None = None
         self.model_id = ""  # variant, precision, device, weights: the transformer's cache key
-        # Concurrent requests share forward passes, one at a time (they share the device).
-        self.batcher = MicroBatcher(self._embed, max_images=settings.batch_size_limit,
-                                    max_wait_s=settings.batch_max_wait_ms / 1000)
+        self._batcher: MicroBatcher | None = None  # made by load(), once the device is known
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         assert self.loaded is not None, "embed before load"
@@ -64,9 +62,15 @@ class DreamSimPredictor(Model):
                                   weights_fingerprint(s.model_cache_dir, s.model_type)))
         warm = torch.zeros((min(2, s.batch_size_limit), 3, 224, 224), dtype=torch.uint8)
         self.loaded.embedder.embed(warm, batch_size=s.batch_size_limit)
-        log.info("loaded DreamSim %s from %s on %s (%s) in %.1f s; embedding dim %d",
-                 s.model_type, s.model_cache_dir, self.loaded.device, self.precision_name,
-                 self.loaded.load_seconds, self.loaded.embedder.embedding_dim)
+        # Forward passes run one at a time (they share the device); concurrent requests
+        # share them where that pays (BATCH_ACROSS_REQUESTS).
+        combine = s.combines_requests(self.loaded.device.type)
+        self._batcher = MicroBatcher(self._embed, max_images=s.batch_size_limit,
+                                     max_wait_s=s.batch_max_wait_ms / 1000, combine=combine)
+        log.info("loaded DreamSim %s from %s on %s (%s) in %.1f s; embedding dim %d; "
+                 "batching across requests %s", s.model_type, s.model_cache_dir,
+                 self.loaded.device, self.precision_name, self.loaded.load_seconds,
+                 self.loaded.embedder.embedding_dim, "on" if combine else "off")
         self.ready = True
         return self.ready
 
@@ -107,7 +111,8 @@ class DreamSimPredictor(Model):
         if images.shape[0] == 0:
             embeddings = np.zeros((0, self.loaded.embedder.embedding_dim), dtype=np.float32)
         else:
-            embeddings = await self.batcher.embed(images)
+            assert self._batcher is not None
+            embeddings = await self._batcher.embed(images)
         # Raw bytes on gRPC and for REST clients that ask for binary outputs; JSON otherwise.
         binary = bool(payload.from_grpc or payload.use_binary_outputs)
         output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape), datatype="FP32")

@@ -131,3 +131,26 @@ def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path
     for layout in ("separate", "shared"):
         assert re.search(rf"^{layout} cores, 1 pairs: chunks of 1 [0-9.]+ s, one call [0-9.]+ s",
                          proc.stdout, re.MULTILINE), proc.stdout
+
+
+@pytest.mark.slow
+def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """bench.batching at 2 clients x 1 request: both settings run and report pairs/s and
+    the mean forward-pass size (1 image a pass is impossible: a pair is 2 images)."""
+    weights = tmp_path / "bench-weights"
+    weights.mkdir()
+    (weights / "dino_vitb16").symlink_to(dino_weights_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
+                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
+                "BENCH_WEIGHTS_DIR": str(weights)})
+    proc = subprocess.run([sys.executable, "-m", "bench.batching", "--clients", "2",
+                           "--rounds", "1", "--pairs", "1"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = re.findall(r"^BATCH_ACROSS_REQUESTS=(true|false): .* ([0-9.]+) pairs/s, .*; "
+                       r"([0-9.]+) images per forward pass", proc.stdout, re.MULTILINE)
+    assert [f[0] for f in found] == ["true", "false"], proc.stdout
+    assert float(found[1][2]) == 2.0  # without batching, every pass is one 1-pair request
+    assert float(found[0][2]) >= 2.0

@@ -91,3 +91,28 @@ def test_a_failure_reaches_every_request_of_the_batch_and_the_next_one_works() -
 def test_rejects_nonsense_limits() -> None:
     with pytest.raises(AssertionError):
         MicroBatcher(Recorder(), max_images=0, max_wait_s=0)
+
+
+def test_without_combining_every_request_runs_alone_in_order() -> None:
+    run = Recorder(delay_s=0.05)
+
+    async def main() -> list[np.ndarray]:
+        batcher = MicroBatcher(run, max_images=64, max_wait_s=0.02, combine=False)
+        return await asyncio.gather(*(batcher.embed(_images(n, tag))
+                                      for tag, n in enumerate([3, 1, 5, 2], start=1)))
+
+    results = asyncio.run(main())
+    assert run.sizes == [3, 1, 5, 2]  # BATCH_ACROSS_REQUESTS=false: one pass per request
+    assert [int(r[0, 0]) for r in results] == [1, 2, 3, 4]
+
+
+def test_batching_across_requests_is_on_for_cuda_only_by_default() -> None:
+    from predictor.settings import PredictorSettings
+
+    auto = PredictorSettings()
+    assert auto.combines_requests("cuda") and not auto.combines_requests("cpu")
+    forced = PredictorSettings(batch_across_requests="TRUE")  # type: ignore[arg-type]
+    assert forced.combines_requests("cpu")
+    assert not PredictorSettings(batch_across_requests="false").combines_requests("cuda")
+    with pytest.raises(ValueError):
+        PredictorSettings(batch_across_requests="sometimes")  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from tests.conftest import Predictor
-from tests.procs import REPO_ROOT
+from tests.procs import REPO_ROOT, free_port, python_cmd, running, wait_http_ok
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +94,41 @@ def test_bad_configuration_stops_the_predictor(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "precision" in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+def _batch_totals(http: str) -> tuple[float, float]:
+    text = httpx.get(f"{http}/metrics", timeout=10).text
+    values = dict(re.findall(r"^dreamsim_batch_images_(sum|count) ([0-9.e+]+)$", text,
+                             re.MULTILINE))
+    return float(values.get("sum", 0)), float(values.get("count", 0))
+
+
+@pytest.mark.parametrize("combine", ["true", "auto"])
+def test_concurrent_requests_share_forward_passes_when_asked(
+        combine: str, dino_weights_dir: Path, tmp_path: Path) -> None:
+    """4 concurrent single-image requests: one forward pass of 4 with
+    BATCH_ACROSS_REQUESTS=true, 4 passes with auto on CPU; the same answers either way."""
+    http_port, grpc_port = free_port(), free_port()
+    env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu",
+           "BATCH_ACROSS_REQUESTS": combine, "BATCH_MAX_WAIT_MS": "1000"}
+    log = tmp_path / "predictor.log"
+    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    images = _images(4, seed=5)
+    with running(cmd, env=env, log_path=log) as proc:
+        http = f"http://127.0.0.1:{http_port}"
+        wait_http_ok(f"{http}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
+        host = f"127.0.0.1:{grpc_port}"
+        alone = np.concatenate([asyncio.run(_grpc_infer(host, images[i:i + 1]))
+                                for i in range(4)])
+        before = _batch_totals(http)
+
+        async def together() -> list[np.ndarray]:
+            return await asyncio.gather(*(_grpc_infer(host, images[i:i + 1]) for i in range(4)))
+
+        shared = np.concatenate(asyncio.run(together()))
+        after = _batch_totals(http)
+    assert np.allclose(shared, alone, atol=1e-5)  # each request got its own rows back
+    images_run, passes = after[0] - before[0], after[1] - before[1]
+    assert images_run == 4
+    assert passes == (1 if combine == "true" else 4)
+    assert f"batching across requests {'on' if combine == 'true' else 'off'}" in log.read_text()
