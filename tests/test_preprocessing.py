@@ -389,6 +389,31 @@ def test_parse_errors(value: str, reason: str) -> None:
     assert reason_of(excinfo) == reason
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [  # lengths that are multiples of 4: they try the strict fast path first
+        ("QU=D", "not valid base64 ('=' padding in the wrong place)"),
+        ("Q=D=", "not valid base64 ('=' padding in the wrong place)"),
+        ("QUJ\u00e9", "not valid base64 (invalid character at position 3)"),
+        ("QUJ$", "not valid base64 (invalid character at position 3)"),
+        ("=QUJ", "not valid base64 ('=' padding in the wrong place)"),
+    ],
+)
+def test_fast_path_failures_get_the_lenient_paths_reasons(value: str, reason: str) -> None:
+    with pytest.raises(ImageInputError) as excinfo:
+        parse_image_input(value, max_bytes=MAX_BYTES)
+    assert reason_of(excinfo) == reason
+
+
+@pytest.mark.parametrize("size", [30, 31, 32])  # padding "", "==", "="
+def test_fast_path_size_limit_is_exact(size: int) -> None:
+    raw = bytes(range(size))
+    encoded = base64.b64encode(raw).decode()
+    assert parse_image_input(encoded, max_bytes=size).data == raw
+    with pytest.raises(ImageInputError, match="decoded, over the"):
+        parse_image_input(encoded, max_bytes=size - 1)
+
+
 def test_non_string_input() -> None:
     with pytest.raises(ImageInputError) as excinfo:
         parse_image_input(b"QUJD", max_bytes=MAX_BYTES)  # type: ignore[arg-type]
