@@ -154,3 +154,18 @@ def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
     assert [f[0] for f in found] == ["true", "false"], proc.stdout
     assert float(found[1][2]) == 2.0  # without batching, every pass is one 1-pair request
     assert float(found[0][2]) >= 2.0
+
+
+@pytest.mark.slow
+def test_transformer_alone_benchmark_reports_both_decode_modes() -> None:
+    """bench.transformer_alone at 2 pairs: the real transformer before an instant stand-in
+    predictor, exact and fast decoding."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    proc = subprocess.run([sys.executable, "-m", "bench.transformer_alone", "--pairs", "2",
+                           "--repeats", "1", "--clients", "2", "--rounds", "1"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    modes = re.findall(r"^DECODE_MODE=(exact|fast): one request of 2 pairs [0-9]+ ms .* "
+                       r"([0-9.]+) pairs/s", proc.stdout, re.MULTILINE)
+    assert [m[0] for m in modes] == ["exact", "fast"] and all(float(m[1]) > 0 for m in modes)
+    assert "FAKE" in proc.stdout  # the stand-in says what it is
