@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -11,6 +13,34 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .netguard import IPNetwork, parse_networks
 
 _MB = 1_000_000
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process can use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's CPU limit, which ``os.cpu_count()`` does not see), rounded up; at least 1."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The CPU quota in CPUs (cgroup v2 ``cpu.max``, else v1 ``cfs_quota_us``); None when
+    there is none or it cannot be read."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 class TransformerSettings(BaseSettings):
@@ -28,8 +58,9 @@ class TransformerSettings(BaseSettings):
                                      description="largest image accepted, from any source")
     max_image_pixels: int = Field(89_478_485, ge=1,
                                   description="largest decoded image (width x height)")
-    decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, le=256,
-                                description="threads decoding images in parallel")
+    decode_workers: int = Field(default_factory=usable_cpus, ge=1, le=256,
+                                description="threads decoding images in parallel (default: "
+                                            "the CPUs usable, container limit included)")
     url_fetch_concurrency: int = Field(32, ge=1, le=1024,
                                        description="URLs fetched at once, over all requests")
     predictor_timeout: float = Field(120.0, gt=0,
