@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import statistics
 
@@ -33,6 +32,7 @@ from bench.run import (
     measure_concurrent,
     post,
     read_settings,
+    reproduce,
     request_body,
 )
 from bench.service import run_predictor, run_transformer
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     faster = sum(a < b for a, b in zip(walls["true"], walls["false"], strict=True))
     print(f"batching across requests: {rate['true'] / rate['false']:.2f}x the pairs/s; "
           f"faster in {faster} of {args.rounds} rounds")
-    env_s = " ".join(f"{k}={os.environ[k]}" for k in
-                     ("DEVICE", "PRECISION", "MODEL_TYPE", "BATCH_SIZE_LIMIT") if k in os.environ)
-    print(f"reproduce: {env_s} python -m bench.batching --clients {args.clients} "
-          f"--rounds {args.rounds} --pairs {args.pairs}")
+    print(reproduce("bench.batching", argv))
     return 0
 
 

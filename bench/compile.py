@@ -20,7 +20,6 @@ earns a place there only if these figures show that it helps.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bench.run import Settings, _ints, choose_weights, machine_info, read_settings
+from bench.run import Settings, _ints, choose_weights, machine_info, read_settings, reproduce
 
 
 def _sync(device: torch.device) -> None:
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{s.model_type}, {s.weights} weights in {s.weights_dir}",
           flush=True)
     measure(s, args.batches, args.repeats, [x.strip() for x in args.modes.split(",")])
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("DEVICE", "PRECISION", "MODEL_TYPE")
-                   if k in os.environ)
-    print(f"reproduce: {env} python -m bench.compile "
-          f"--batches {','.join(map(str, args.batches))} --repeats {args.repeats}")
+    print(reproduce("bench.compile", argv))
     return 0
 
 

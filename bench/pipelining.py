@@ -35,6 +35,7 @@ from bench.run import (
     machine_info,
     post,
     read_settings,
+    reproduce,
     request_body,
 )
 from bench.service import run_predictor, run_transformer
@@ -110,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"one call {off:.3f} s (medians of {args.requests}): {off / on:.3f}x; "
                        f"chunks faster in {faster} of {args.requests} requests")
     print("\n".join(summary))
-    env_s = " ".join(f"{k}={os.environ[k]}" for k in ("DEVICE", "PRECISION", "MODEL_TYPE")
-                     if k in os.environ)
-    print(f"reproduce: {env_s} python -m bench.pipelining --pairs {args.pairs} "
-          f"--requests {args.requests} --chunk {args.chunk} --layouts {args.layouts}")
+    print(reproduce("bench.pipelining", argv))
     return 0
 
 

@@ -74,6 +74,15 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def reproduce(module: str, argv: Sequence[str] | None) -> str:
+    """The line that reruns ``python -m module`` as it was run: the service's environment
+    settings that were set, then the arguments given (``sys.argv`` when ``argv`` is None)."""
+    env = [f"{k}={os.environ[k]}" for k in ("DEVICE", "PRECISION", "MODEL_TYPE",
+                                              "BATCH_SIZE_LIMIT") if k in os.environ]
+    args = list(sys.argv[1:] if argv is None else argv)
+    return "reproduce: " + " ".join([*env, "python", "-m", module, *args])
+
+
 def _ints(text: str) -> list[int]:
     values = [int(v) for v in text.replace(" ", "").split(",") if v]
     if not values or min(values) < 1:

@@ -23,7 +23,15 @@ import statistics
 import httpx
 
 from bench.images import make_images
-from bench.run import RESULTS_DIR, Deadline, machine_info, measure_concurrent, post, request_body
+from bench.run import (
+    RESULTS_DIR,
+    Deadline,
+    machine_info,
+    measure_concurrent,
+    post,
+    reproduce,
+    request_body,
+)
 from bench.service import run_transformer
 from tests.transformer.fake_predictor import fake_predictor
 
@@ -46,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     deadline = Deadline(at=float("inf"))
     env = {"MAX_PAIRS_PER_REQUEST": str(max(args.pairs, 128)), "EMBEDDING_CACHE_SIZE": "0"}
-    lines = []
     with fake_predictor("ok") as grpc:
         for i, mode in enumerate(("exact", "fast")):
             mine = images[2 * args.pairs * per_mode * i:]
@@ -69,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.clients} clients: {load['pairs_per_s']:.1f} pairs/s = "
                     f"{2 * load['pairs_per_s'] / cores:.0f} images/s per core")
             print(line, flush=True)
-            lines.append(line)
-    print(f"reproduce: python -m bench.transformer_alone --pairs {args.pairs} --repeats "
-          f"{args.repeats} --clients {args.clients} --rounds {args.rounds}")
+    print(reproduce("bench.transformer_alone", argv))
     return 0
 
 

@@ -89,25 +89,34 @@ def test_tiny_benchmark_run_end_to_end(dino_weights_dir: Path, tmp_path: Path) -
         assert not Path(f"/proc/{pid}").exists(), f"server {pid} still running"
 
 
+def _run_bench(module: str, args: list[str], weights_dir: Path | None, tmp_path: Path,
+               **env_extra: str) -> str:
+    """``python -m <module> <args>`` on CPU fp32 with the random test checkpoint as its
+    weights; its stdout, after checking that it exited 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
+                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"), **env_extra})
+    if weights_dir is not None:
+        weights = tmp_path / "bench-weights"
+        weights.mkdir()
+        (weights / "dino_vitb16").symlink_to(weights_dir)
+        env["BENCH_WEIGHTS_DIR"] = str(weights)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.slow
 def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path: Path) -> None:
     """bench.compile at batch 1: eager and torch.compile, with their deviation."""
     if shutil.which("g++") is None and shutil.which("cc") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler")
-    weights = tmp_path / "bench-weights"
-    weights.mkdir()
-    (weights / "dino_vitb16").symlink_to(dino_weights_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
-                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
-                "BENCH_WEIGHTS_DIR": str(weights), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
-    proc = subprocess.run([sys.executable, "-m", "bench.compile", "--batches", "1",
-                           "--repeats", "1"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = _run_bench("bench.compile", ["--batches", "1", "--repeats", "1"], dino_weights_dir,
+                     tmp_path, TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
     lines = {m.group(1): float(m.group(2)) for m in re.finditer(
         r"^\s+(eager|compile|cudagraphs) batch\s+1: .* max \|diff\| vs eager (\S+)$",
-        proc.stdout, re.MULTILINE)}
+        out, re.MULTILINE)}
     assert set(lines) == {"eager", "compile"}  # no CUDA graphs without CUDA
     assert lines["eager"] == 0 and lines["compile"] < 1e-4
 
@@ -117,20 +126,11 @@ def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path:
 def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path: Path) -> None:
     """bench.pipelining at one pair: predictor and transformers on separate and on shared
     cores, each transformer answering every request."""
-    weights = tmp_path / "bench-weights"
-    weights.mkdir()
-    (weights / "dino_vitb16").symlink_to(dino_weights_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
-                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
-                "BENCH_WEIGHTS_DIR": str(weights)})
-    proc = subprocess.run([sys.executable, "-m", "bench.pipelining", "--pairs", "1",
-                           "--requests", "1", "--chunk", "1"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = _run_bench("bench.pipelining", ["--pairs", "1", "--requests", "1", "--chunk", "1"],
+                     dino_weights_dir, tmp_path)
     for layout in ("separate", "shared"):
         assert re.search(rf"^{layout} cores, 1 pairs: chunks of 1 [0-9.]+ s, one call [0-9.]+ s",
-                         proc.stdout, re.MULTILINE), proc.stdout
+                         out, re.MULTILINE), out
 
 
 @pytest.mark.slow
@@ -138,34 +138,23 @@ def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
                                                       tmp_path: Path) -> None:
     """bench.batching at 2 clients x 1 request: both settings run and report pairs/s and
     the mean forward-pass size (1 image a pass is impossible: a pair is 2 images)."""
-    weights = tmp_path / "bench-weights"
-    weights.mkdir()
-    (weights / "dino_vitb16").symlink_to(dino_weights_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    env.update({"DEVICE": "cpu", "PRECISION": "fp32", "MODEL_TYPE": "dino_vitb16",
-                "MODEL_CACHE_DIR": str(tmp_path / "no-weights"),
-                "BENCH_WEIGHTS_DIR": str(weights)})
-    proc = subprocess.run([sys.executable, "-m", "bench.batching", "--clients", "2",
-                           "--rounds", "1", "--pairs", "1"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = _run_bench("bench.batching", ["--clients", "2", "--rounds", "1", "--pairs", "1"],
+                     dino_weights_dir, tmp_path)
     found = re.findall(r"^BATCH_ACROSS_REQUESTS=(true|false): .* ([0-9.]+) pairs/s, .*; "
-                       r"([0-9.]+) images per forward pass", proc.stdout, re.MULTILINE)
-    assert [f[0] for f in found] == ["true", "false"], proc.stdout
+                       r"([0-9.]+) images per forward pass", out, re.MULTILINE)
+    assert [f[0] for f in found] == ["true", "false"], out
     assert float(found[1][2]) == 2.0  # without batching, every pass is one 1-pair request
     assert float(found[0][2]) >= 2.0
 
 
 @pytest.mark.slow
-def test_transformer_alone_benchmark_reports_both_decode_modes() -> None:
+def test_transformer_alone_benchmark_reports_both_decode_modes(tmp_path: Path) -> None:
     """bench.transformer_alone at 2 pairs: the real transformer before an instant stand-in
     predictor, exact and fast decoding."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    proc = subprocess.run([sys.executable, "-m", "bench.transformer_alone", "--pairs", "2",
-                           "--repeats", "1", "--clients", "2", "--rounds", "1"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = _run_bench("bench.transformer_alone", ["--pairs", "2", "--repeats", "1",
+                                                 "--clients", "2", "--rounds", "1"],
+                     None, tmp_path)
     modes = re.findall(r"^DECODE_MODE=(exact|fast): one request of 2 pairs [0-9]+ ms .* "
-                       r"([0-9.]+) pairs/s", proc.stdout, re.MULTILINE)
+                       r"([0-9.]+) pairs/s", out, re.MULTILINE)
     assert [m[0] for m in modes] == ["exact", "fast"] and all(float(m[1]) > 0 for m in modes)
-    assert "FAKE" in proc.stdout  # the stand-in says what it is
+    assert "FAKE" in out  # the stand-in says what it is
