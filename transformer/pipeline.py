@@ -41,7 +41,6 @@ class ChunkSender(Generic[T]):
         self._embed = embed
         self._chunk = chunk_images
         self._pending: list[np.ndarray] = []
-        self._sent: list[np.ndarray] = []
         self._tasks: list[asyncio.Task[T]] = []
         self.rows = 0
 
@@ -59,14 +58,15 @@ class ChunkSender(Generic[T]):
         return len(self._tasks)
 
     def pixels(self) -> np.ndarray:
-        """All rows so far, ``[rows, 3, H, W]`` (for a sender that only collects)."""
-        parts = self._sent + self._pending
-        return np.stack(parts) if parts else np.empty((0, 3, 224, 224), dtype=np.uint8)
+        """The rows not sent yet, ``[n, 3, H, W]``: all of them for a sender that only
+        collects. Sent rows are not kept (a chunk's pixels go with its call)."""
+        if not self._pending:
+            return np.empty((0, 3, 224, 224), dtype=np.uint8)
+        return np.stack(self._pending)
 
     def _send(self) -> None:
         assert self._embed is not None
         batch = np.stack(self._pending)
-        self._sent.extend(self._pending)
         self._pending = []
         task = asyncio.ensure_future(self._embed(batch))
         task.add_done_callback(_retrieve)
