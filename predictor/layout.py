@@ -18,6 +18,34 @@ DINO_BACKBONE_FILE = "checkpoints/dino_vitbase16_pretrain.pth"
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """A backbone that upstream gets through ``torch.hub`` rather than from the release zip.
+
+    Attributes:
+        path: where torch.hub leaves it, relative to the cache dir.
+        url: where torch.hub downloads it from.
+        expected_shapes: tensors that identify the file, with their shapes (None: any
+            shape); a ViT-S, another patch size or a training checkpoint fails the check.
+    """
+
+    path: str
+    url: str
+    expected_shapes: dict[str, tuple[int, ...] | None]
+
+
+DINO_HUB_FILE = HubFile(
+    path=DINO_BACKBONE_FILE,
+    url=DINO_BACKBONE_URL,
+    expected_shapes={
+        "cls_token": None,
+        "pos_embed": None,
+        "patch_embed.proj.weight": (768, 3, 16, 16),
+        "blocks.11.attn.qkv.weight": (2304, 768),
+    },
+)
+
+
+@dataclass(frozen=True)
 class Backbone:
     """One ViT-B/16 backbone of a DreamSim variant.
 
@@ -90,6 +118,7 @@ class Variant:
         lora_dir: folder of the LoRA adapter (``adapter_config.json`` + weights).
         release_zip_url: the upstream release archive holding everything but the DINO backbone.
         release_files: what the archive leaves in the cache dir (upstream's own check list).
+        hub_file: the backbone fetched apart from the archive (torch.hub's download), if any.
     """
 
     name: str
@@ -97,6 +126,7 @@ class Variant:
     lora_dir: str
     release_zip_url: str
     release_files: tuple[str, ...]
+    hub_file: HubFile | None
 
     @property
     def embedding_dim(self) -> int:
@@ -118,6 +148,7 @@ VARIANTS: dict[str, Variant] = {
         lora_dir="dino_vitb16_single_lora",
         release_zip_url=f"{RELEASE_BASE_URL}/dreamsim_dino_vitb16_checkpoint.zip",
         release_files=("dino_vitb16_pretrain.pth", "dino_vitb16_single_lora"),
+        hub_file=DINO_HUB_FILE,
     ),
     "ensemble": Variant(
         name="ensemble",
@@ -130,6 +161,7 @@ VARIANTS: dict[str, Variant] = {
             "clip_vitb16_pretrain.pth.tar",
             "ensemble_lora",
         ),
+        hub_file=DINO_HUB_FILE,
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Tests for ``predictor.weights`` against a real HTTP server on loopback.
+"""Tests for ``predictor.weights`` (all its modules) against a real HTTP server on loopback.
 
 The server (stdlib ``ThreadingHTTPServer``, with ``Range`` support) serves archives built
 here in the upstream release format (``dreamsim.model.download_weights`` unzips them into
@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from predictor.layout import DINO_BACKBONE_FILE, VARIANTS
-from predictor.weights import fetch_command, main
+from predictor.weights import ensure_weights, fetch_command, main
+from predictor.weights.download import Progress
 
 BACKBONE_PATH = "/dino/dino_vitbase16_pretrain.pth"
 
@@ -458,3 +459,56 @@ def test_fetch_command() -> None:
         "python -m predictor.weights --model-type dino_vitb16 --cache-dir /app/models"
     )
     assert shlex.split(fetch_command("ensemble", "/my models"))[-1] == "/my models"
+
+
+def mirror(server: Server, model_type: str) -> None:
+    """Serve ``model_type``'s files the way a mirror does: upstream file names, side by side."""
+    variant = VARIANTS[model_type]
+    for url in (variant.release_zip_url, variant.hub_file.url if variant.hub_file else None):
+        if url:
+            name = "/" + url.rsplit("/", 1)[1]
+            server.files[name] = server.files[
+                BACKBONE_PATH if variant.hub_file and url == variant.hub_file.url
+                else f"/{model_type}.zip"]
+
+
+def test_ensure_weights_reads_the_mirror_from_the_environment(
+    server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror(server, "dino_vitb16")
+    monkeypatch.setenv("WEIGHTS_BASE_URL", server.base_url + "/")
+
+    ensure_weights(model_type="dino_vitb16", cache_dir=cache, progress=True)
+
+    assert [p for p, _, _ in server.requests] == [
+        "/dreamsim_dino_vitb16_checkpoint.zip", "/dino_vitbase16_pretrain.pth"]
+    assert (cache / DINO_BACKBONE_FILE).read_bytes() == server.files[BACKBONE_PATH]
+    err = capsys.readouterr().err
+    assert "dino_vitbase16_pretrain.pth: 100% (" in err and " MB/s" in err
+    server.requests.clear()
+
+    ensure_weights(model_type="dino_vitb16", cache_dir=cache, progress=False)
+
+    assert server.requests == []  # all present and valid: nothing downloaded
+
+
+def test_base_url_flag_and_quiet(
+    server: Server, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror(server, "ensemble")
+    argv = ["--model-type", "ensemble", "--cache-dir", str(cache), "--base-url", server.base_url]
+
+    assert main([*argv, "--quiet"]) == 0
+
+    assert [p for p, _, _ in server.requests] == [
+        "/dreamsim_ensemble_checkpoint.zip", "/dino_vitbase16_pretrain.pth"]
+    assert "%" not in capsys.readouterr().err
+
+
+def test_progress_line_shows_rate_and_time_left() -> None:
+    now = [100.0]
+    meter = Progress("x.pth", 10_000_000, 110_000_000, clock=lambda: now[0])
+    now[0] = 110.0  # 20 MB more in 10 s: 2 MB/s, 80 MB to go
+    assert meter.line(30_000_000) == "x.pth: 27% (30.0 MB / 110.0 MB, 2.0 MB/s, 0:40 left)"
+    assert meter.line(110_000_000).endswith("(110.0 MB / 110.0 MB, 10.0 MB/s)")
+    assert Progress("y", 0, None, clock=lambda: now[0]).line(0) == "y: 0.0 MB (0.0 MB/s)"
