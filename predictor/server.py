@@ -26,6 +26,7 @@ from .batching import MicroBatcher
 from .checkpoint import WeightsError, weights_fingerprint
 from .model import LoadedModel, load_model
 from .settings import PredictorSettings
+from .threads import configure_torch_threads
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("predictor")
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("grpc_max_receive_message_length", "grpc_max_send_message_length"):
         if getattr(kserve_model_server.args, flag) == MAX_GRPC_MESSAGE_LENGTH:
             setattr(kserve_model_server.args, flag, max(needed, MAX_GRPC_MESSAGE_LENGTH))
+    configure_torch_threads(settings.torch_threads)
     model = DreamSimPredictor(args.model_name, settings)
     try:
         model.load()

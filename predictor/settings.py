@@ -34,6 +34,10 @@ class PredictorSettings(BaseSettings):
     batch_across_requests: Literal["auto", "true", "false"] = Field(
         "auto", description="concurrent requests share forward passes; auto: on CUDA only "
                             "(on CPU it measured no faster and raised the median latency)")
+    torch_threads: int = Field(
+        0, ge=0, le=1024,
+        description="torch intra-op threads; 0: the CPUs usable (affinity capped by the "
+                    "container's CPU limit), unless OMP_NUM_THREADS is set")
     batch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000,
         description="how long a forward pass waits for other requests to join its batch")

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service_common.cpus import usable_cpus
+
 from .netguard import IPNetwork, parse_networks
 
 _MB = 1_000_000
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """CPUs this process can use: its CPU affinity, capped by a cgroup CPU quota (a
-    container's CPU limit, which ``os.cpu_count()`` does not see), rounded up; at least 1."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    quota = _cgroup_cpu_quota(cgroup_root)
-    if quota is not None:
-        count = min(count, math.ceil(quota))
-    return max(1, count)
-
-
-def _cgroup_cpu_quota(root: Path) -> float | None:
-    """The CPU quota in CPUs (cgroup v2 ``cpu.max``, else v1 ``cfs_quota_us``); None when
-    there is none or it cannot be read."""
-    try:
-        fields = (root / "cpu.max").read_text().split()
-        return None if fields[0] == "max" else int(fields[0]) / int(fields[1])
-    except (OSError, ValueError, IndexError, ZeroDivisionError):
-        pass
-    try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return quota / period if quota > 0 and period > 0 else None
 
 
 class TransformerSettings(BaseSettings):

@@ -1,0 +1,1 @@
+"""Pieces both components use (no torch, no kserve): what the process may run on."""
