@@ -27,7 +27,7 @@ from kserve import Model, ModelServer
 from kserve import model_server as kserve_model_server
 from pydantic import ValidationError
 
-from . import metrics
+from . import metrics, routes_guard
 from .admission import Admission
 from .cache import EmbeddingCache
 from .errors import BadRequest, BodyTooLarge, PredictorUnavailable, ServiceError, TooManyPairs
@@ -51,6 +51,7 @@ log = logging.getLogger("transformer")
 
 MODEL_NAME = "dreamsim"
 app = kserve_model_server.app
+routes_guard.install(app)  # KServe's generic routes are refused: routes_guard.py says why
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """OpenAPI-driven fuzzing of the public routes, and hostile raw bodies, against real servers.
 
-The transformer's ``/openapi.json`` also lists KServe's v1/v2 routes; only the public API
+The transformer's ``/openapi.json`` lists the public routes only; the public API
 (``POST /similarity``, ``GET /health``) is fuzzed. Schemathesis generates requests from the
 document, both schema-valid (positive) and schema-invalid (negative), and checks: no 5xx,
 documented status codes and content types, bodies that match the documented schemas, and

@@ -1,0 +1,97 @@
+"""KServe's generic routes on a real transformer process: refused before any work, while
+the probes, the metrics and the public routes keep answering.
+
+The predictor is the fake one (``fake_predictor``): these tests are about which routes the
+transformer serves, and a generic route that got through would score the pair through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import start_transformer
+from tests.test_e2e import b64, distinct_images
+from tests.transformer.fake_predictor import fake_predictor
+
+pytestmark = pytest.mark.slow
+
+IMAGES = [b64(i) for i in distinct_images(2, size=64)]
+PAIRS = {"pairs": [{"reference_image": IMAGES[0], "generated_image": IMAGES[1]}]}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("logs") / "transformer.log"
+    with fake_predictor() as grpc_host, start_transformer(grpc_host, log) as base:
+        yield base
+
+
+# What KServe's model server adds to the app (kserve 0.21, rest/v1_endpoints.py,
+# v2_endpoints.py, server.py), each with a body that would score the pair if it got through.
+V2_BODY = {"inputs": [{"name": "pairs", "shape": [1], "datatype": "BYTES", "data": [PAIRS]}]}
+GENERIC = [
+    ("POST", "/v1/models/dreamsim:predict", PAIRS),
+    ("POST", "/v1/models/dreamsim:explain", PAIRS),
+    ("POST", "/v2/models/dreamsim/infer", V2_BODY),
+    ("POST", "/v2/models/dreamsim/versions/1/infer", V2_BODY),
+    ("POST", "/v2/repository/models/dreamsim/unload", None),
+    ("POST", "/v2/repository/models/dreamsim/load", None),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/dreamsim", None),
+    ("GET", "/v2", None),
+    ("GET", "/v2/models", None),
+    ("GET", "/v2/models/dreamsim", None),
+    ("GET", "/", None),
+    ("GET", "/docs", None),
+    ("GET", "/redoc", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), GENERIC)
+def test_generic_routes_are_refused(url: str, method: str, path: str, body: object) -> None:
+    r = httpx.request(method, url + path, json=body, timeout=30)
+    assert r.status_code == 404, (path, r.status_code, r.text[:300])
+    detail = r.json()["detail"]
+    assert path in detail and "POST /similarity" in detail
+    assert "scores" not in r.text
+
+
+def test_refused_before_the_body_is_read(url: str) -> None:
+    """A body over any limit is answered at once: the guard never reads it."""
+    huge = b"x" * 50_000_000
+    r = httpx.post(f"{url}/v2/models/dreamsim/infer", content=huge, timeout=30,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 404
+
+
+def test_probes_metrics_and_public_routes_still_answer(url: str) -> None:
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/dreamsim/ready",
+                 "/health", "/metrics"):
+        r = httpx.get(url + path, timeout=30)
+        assert r.status_code == 200, (path, r.text[:300])
+    r = httpx.post(f"{url}/similarity", json=PAIRS, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["scores"]) == 1
+    # The model was not unloaded by the refused repository calls above.
+    assert httpx.get(f"{url}/v2/models/dreamsim/ready", timeout=30).status_code == 200
+
+
+def test_openapi_documents_only_the_public_routes(url: str) -> None:
+    doc = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    assert {"/similarity", "/health"} <= set(doc["paths"])
+    assert set(doc["paths"]) <= {"/similarity", "/health", "/embed"}, sorted(doc["paths"])
+
+
+def test_guard_allow_list() -> None:
+    from transformer.routes_guard import is_allowed, is_probe
+
+    assert all(is_allowed(p) for p in ("/similarity", "/embed", "/health", "/metrics",
+                                       "/v2/health/live", "/v2/models/x/ready"))
+    assert not any(is_allowed(p) for p in ("/v2/models/x/infer", "/v2/models/x/ready/",
+                                           "/v2/models/x/y/ready", "/similarity/",
+                                           "/v1/models/x:predict"))
+    assert is_probe("/health") and not is_probe("/similarity")
+
