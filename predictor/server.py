@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve import model_server as kserve_model_server
 from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
 from kserve.errors import InvalidInput
 
 from .batching import MicroBatcher
 from .checkpoint import WeightsError, weights_fingerprint
+from .grpc_server import PredictorModelServer, connection_age_options
 from .model import LoadedModel, load_model
 from .settings import PredictorSettings
 from .threads import configure_torch_threads
@@ -150,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving model %r: REST on :%d, gRPC on :%d (message limit %d bytes)",
              args.model_name, args.http_port, args.grpc_port,
              kserve_model_server.args.grpc_max_receive_message_length)
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1).start([model])
+    options = connection_age_options(settings.grpc_max_connection_age,
+                                     settings.grpc_max_connection_age_grace)
+    PredictorModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+                         grpc_options=options).start([model])
     return 0
 
 

@@ -42,6 +42,15 @@ class PredictorSettings(BaseSettings):
         2.0, ge=0, le=1000,
         description="how long a forward pass waits for other requests to join its batch")
 
+    grpc_max_connection_age: float = Field(
+        60.0, ge=0, le=86_400,
+        description="seconds after which the gRPC server ends a connection (GOAWAY) so that "
+                    "clients reconnect and a ClusterIP Service deals them again; 0: never")
+    grpc_max_connection_age_grace: float = Field(
+        130.0, ge=0, le=86_400,
+        description="seconds calls in flight may still take on a connection being ended "
+                    "(keep above the transformer's PREDICTOR_TIMEOUT)")
+
     @field_validator("batch_across_requests", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

@@ -1,8 +1,9 @@
 """gRPC v2 client for the predictor: raw uint8 tensors out, embeddings back.
 
 Built on KServe's own protobuf types and ``InferRequest``/``InferResponse`` conversions,
-with our own channel so that timeouts, retries and error messages are ours (KServe's
-``InferenceGRPCClient`` logs a traceback on every failed readiness check).
+with our own channels so that timeouts, retries and error messages are ours (KServe's
+``InferenceGRPCClient`` logs a traceback on every failed readiness check), and so that
+calls spread over several connections (``channels.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import grpc
 import numpy as np
 from kserve import InferInput, InferRequest, InferResponse
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
+from .channels import ChannelPool
 from .errors import PredictorFailed, PredictorTimeout, PredictorUnavailable
 
 INPUT_NAME = "image"
@@ -29,6 +30,9 @@ _SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.2s", "maxBackoff": "1s",
                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
 }]})
+
+
+_RETRY_BUFFER_BYTES = 64 << 20  # 2 x 128 images of 3x224x224 bytes, and headroom
 
 
 @dataclass(frozen=True)
@@ -58,35 +62,28 @@ class PredictorClient:
         model_name: the predictor's model name.
         timeout_s: deadline of one inference call.
         use_ssl: TLS to the predictor.
+        connections: gRPC connections the calls are spread over (``channels.py``).
     """
 
     def __init__(self, host: str, *, model_name: str, timeout_s: float,
-                 use_ssl: bool = False) -> None:
+                 use_ssl: bool = False, connections: int = 1) -> None:
         self.host = host if ":" in host else f"{host}:{443 if use_ssl else 80}"
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.use_ssl = use_ssl
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: GRPCInferenceServiceStub | None = None
-
-    def _get_stub(self) -> GRPCInferenceServiceStub:
-        # Created lazily: a grpc.aio channel belongs to the event loop it was made in.
-        if self._stub is None:
-            options = [("grpc.max_send_message_length", -1),
-                       ("grpc.max_receive_message_length", -1),
-                       ("grpc.enable_retries", 1), ("grpc.service_config", _SERVICE_CONFIG)]
-            if self.use_ssl:
-                self._channel = grpc.aio.secure_channel(
-                    self.host, grpc.ssl_channel_credentials(), options=options)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.host, options=options)
-            self._stub = GRPCInferenceServiceStub(self._channel)
-        return self._stub
+        options = [("grpc.max_send_message_length", -1),
+                   ("grpc.max_receive_message_length", -1),
+                   ("grpc.enable_retries", 1), ("grpc.service_config", _SERVICE_CONFIG),
+                   # gRPC retries only calls whose message fits this buffer (256 KiB by
+                   # default, under two images): cover the largest batch, so that a call
+                   # caught by a predictor ending its connection is retried.
+                   ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES)]
+        self.channels = ChannelPool(
+            self.host, size=connections, options=options,
+            credentials=grpc.ssl_channel_credentials() if use_ssl else None)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel = self._stub = None
+        await self.channels.close()
 
     def _error(self, e: grpc.aio.AioRpcError, timeout_s: float) -> Exception:
         code, details = e.code(), (e.details() or "")[:300]
@@ -117,7 +114,8 @@ class PredictorClient:
         request = InferRequest(model_name=self.model_name, infer_inputs=[tensor],
                                request_id=request_id or uuid.uuid4().hex)
         try:
-            raw = await self._get_stub().ModelInfer(request.to_grpc(), timeout=timeout)
+            with self.channels.stub() as stub:
+                raw = await stub.ModelInfer(request.to_grpc(), timeout=timeout)
         except grpc.aio.AioRpcError as e:
             raise self._error(e, timeout) from None
         response = InferResponse.from_grpc(raw)
@@ -135,8 +133,9 @@ class PredictorClient:
     async def is_ready(self, *, timeout_s: float = 2.0) -> bool:
         """Whether the predictor's model is loaded and warmed up (False when unreachable)."""
         try:
-            reply = await self._get_stub().ModelReady(
-                pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s)
+            with self.channels.stub() as stub:
+                reply = await stub.ModelReady(pb.ModelReadyRequest(name=self.model_name),
+                                              timeout=timeout_s)
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.ready)

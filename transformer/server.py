@@ -80,7 +80,8 @@ class SimilarityTransformer(Model):
         super().__init__(name)
         self.settings = settings
         self.predictor = PredictorClient(predictor_host, model_name=name, use_ssl=use_ssl,
-                                         timeout_s=settings.predictor_timeout)
+                                         timeout_s=settings.predictor_timeout,
+                                         connections=settings.predictor_connections)
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.cache = EmbeddingCache(settings.embedding_cache_size)

@@ -37,6 +37,10 @@ class TransformerSettings(BaseSettings):
                                        description="URLs fetched at once, over all requests")
     predictor_timeout: float = Field(120.0, gt=0,
                                      description="seconds allowed for one predictor call")
+    predictor_connections: int = Field(
+        8, ge=1, le=256,
+        description="gRPC connections to the predictor, calls spread over them: through a "
+                    "ClusterIP Service each connection lands on one predictor pod")
     max_request_body_mb: float = Field(256.0, gt=0, le=4096,
                                        description="largest request body, checked before parsing")
     max_concurrent_requests: int = Field(

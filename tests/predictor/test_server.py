@@ -6,6 +6,9 @@ import asyncio
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -16,6 +19,8 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from tests.conftest import Predictor
 from tests.procs import REPO_ROOT, free_port, python_cmd, running, wait_http_ok
+from tests.tcp_balancer import TcpBalancer
+from transformer.predictor_client import PredictorClient
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +137,50 @@ def test_concurrent_requests_share_forward_passes_when_asked(
     assert images_run == 4
     assert passes == (1 if combine == "true" else 4)
     assert f"batching across requests {'on' if combine == 'true' else 'off'}" in log.read_text()
+
+
+@dataclass(frozen=True)
+class Tuned:
+    grpc: str
+    http: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def tuned_predictor(dino_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Tuned]:
+    """A predictor that ends gRPC connections after 1 s (calls in flight may take 120 s
+    more: one image takes seconds on a busy 2-core machine)."""
+    http_port, grpc_port = free_port(), free_port()
+    env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu",
+           "GRPC_MAX_CONNECTION_AGE": "1", "GRPC_MAX_CONNECTION_AGE_GRACE": "120"}
+    log = tmp_path_factory.mktemp("tuned") / "predictor.log"
+    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    with running(cmd, env=env, log_path=log) as proc:
+        http = f"http://127.0.0.1:{http_port}"
+        wait_http_ok(f"{http}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
+        yield Tuned(grpc=f"127.0.0.1:{grpc_port}", http=http, log=log)
+
+
+def test_connections_end_after_the_maximum_age(tuned_predictor: Tuned) -> None:
+    """GRPC_MAX_CONNECTION_AGE: the client is sent away and reconnects (through a balancer
+    that would deal it to another replica), and no call fails on the way."""
+    balancer = TcpBalancer([tuned_predictor.grpc])
+
+    async def calls(address: str) -> int:
+        client = PredictorClient(address, model_name="dreamsim", timeout_s=60)
+        done, deadline = 0, time.monotonic() + 4
+        while time.monotonic() < deadline:
+            await client.describe(timeout_s=10)  # an empty batch: no model run
+            done += 1
+            await asyncio.sleep(0.02)
+        embeddings = await client.embed(_images(1))  # a model run, on a fresh connection
+        await client.close()
+        assert embeddings.vectors.shape == (1, 768)
+        return done
+
+    with balancer.serving() as address:
+        done = asyncio.run(calls(address))
+    assert done > 20
+    # 4 s of calls on connections ended after 1 s (+-10%): at least three connections.
+    assert balancer.connections[0] >= 3, balancer.connections

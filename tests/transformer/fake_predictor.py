@@ -37,6 +37,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):  # noqa: N802
         n = request.inputs[0].shape[0]
+        print(f"infer images={n}", flush=True)  # counted by the load-spreading tests
         await asyncio.sleep(self.delay_s)
         if self.behaviour == "wrong-shape":
             out = np.ones((max(1, n - 1), 768), np.float32)
@@ -59,12 +60,14 @@ async def _serve(port: int, behaviour: str, delay_s: float) -> None:
 
 
 @contextmanager
-def fake_predictor(behaviour: str = "ok", delay_s: float = 0.0) -> Iterator[str]:
-    """Run the fake as its own process on 127.0.0.1; yields ``host:port`` once it answers."""
+def fake_predictor(behaviour: str = "ok", delay_s: float = 0.0, *,
+                   log_path: Path | None = None) -> Iterator[str]:
+    """Run the fake as its own process on 127.0.0.1; yields ``host:port`` once it answers.
+    Its output (a line ``infer images=N`` per call) goes to ``log_path`` when given."""
     port = free_port()
     cmd = python_cmd("tests.transformer.fake_predictor", str(port), behaviour, str(delay_s))
     with tempfile.TemporaryDirectory() as tmp:
-        with running(cmd, log_path=Path(tmp) / "fake.log") as proc:
+        with running(cmd, log_path=log_path or Path(tmp) / "fake.log") as proc:
             deadline = time.monotonic() + 30
             while not _listening(port):
                 assert proc.poll() is None and time.monotonic() < deadline, "fake did not start"
