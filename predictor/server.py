@@ -22,6 +22,8 @@ from kserve import model_server as kserve_model_server
 from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
 from kserve.errors import InvalidInput
 
+from service_common.cpus import fast_bf16_flags
+
 from .batching import MicroBatcher
 from .checkpoint import WeightsError, weights_fingerprint
 from .grpc_server import PredictorModelServer, connection_age_options
@@ -142,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(kserve_model_server.args, flag) == MAX_GRPC_MESSAGE_LENGTH:
             setattr(kserve_model_server.args, flag, max(needed, MAX_GRPC_MESSAGE_LENGTH))
     configure_torch_threads(settings.torch_threads)
+    if settings.precision == "bf16" and not (settings.device.startswith("cuda")
+                                             and torch.cuda.is_available()):
+        if not fast_bf16_flags():
+            log.warning("PRECISION=bf16 on a CPU without AVX-512 BF16 or AMX: torch emulates "
+                        "bf16 here, which is slower than fp32; use PRECISION=fp32")
     model = DreamSimPredictor(args.model_name, settings)
     try:
         model.load()

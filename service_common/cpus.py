@@ -74,3 +74,21 @@ def _quota_in(directory: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def fast_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of the CPU features that run bf16 matrix work natively (AVX-512 BF16, AMX)
+    this CPU has; an empty list means torch emulates bf16 here, slower than fp32."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in FAST_BF16_FLAGS if f in flags]

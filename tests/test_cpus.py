@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service_common.cpus import usable_cpus
+from service_common.cpus import fast_bf16_flags, usable_cpus
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -47,3 +47,15 @@ def test_the_quota_of_the_own_cgroup_and_its_ancestors(tmp_path: Path) -> None:
     _cgroup(tmp_path, {"cpu/docker/cpu.cfs_quota_us": "100000\n",
                        "cpu/docker/cpu.cfs_period_us": "100000\n"})
     assert usable_cpus(tmp_path, proc) == 1
+
+
+def test_fast_bf16_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n"
+                    "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert fast_bf16_flags(info) == ["avx512_bf16"]
+    info.write_text("flags\t\t: fpu avx2 amx_bf16 avx512_bf16\n")
+    assert fast_bf16_flags(info) == ["avx512_bf16", "amx_bf16"]
+    info.write_text("flags\t\t: fpu avx2\n")
+    assert fast_bf16_flags(info) == []
+    assert fast_bf16_flags(tmp_path / "missing") == []
