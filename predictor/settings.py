@@ -27,6 +27,8 @@ class PredictorSettings(BaseSettings):
                                   description="largest batch sent through the model at once")
     max_pairs_per_request: int = Field(128, ge=1, le=100_000,
                                        description="sizes the gRPC message limit")
+    max_images_per_request: int = Field(256, ge=1, le=100_000,
+                                        description="sizes the gRPC message limit (/embed)")
     cpu_batch_size: int = Field(
         16, ge=1, le=4096,
         description="on CPU, chunks are at most this big (smaller chunks stay in cache: "
@@ -69,5 +71,7 @@ class PredictorSettings(BaseSettings):
         return self.batch_size_limit
 
     def grpc_message_limit(self) -> int:
-        """Bytes needed for the largest allowed request (two images a pair) plus headroom."""
-        return 2 * self.max_pairs_per_request * IMAGE_BYTES + (4 << 20)
+        """Bytes needed for the largest allowed request (two images a pair, or the images
+        of one /embed request) plus headroom."""
+        images = max(2 * self.max_pairs_per_request, self.max_images_per_request)
+        return images * IMAGE_BYTES + (4 << 20)

@@ -34,6 +34,12 @@ class TooManyPairs(ServiceError):
     status_code = 413
 
 
+class TooManyImages(ServiceError):
+    """More images in one ``/embed`` request than MAX_IMAGES_PER_REQUEST."""
+
+    status_code = 413
+
+
 class BodyTooLarge(ServiceError):
     status_code = 413
 

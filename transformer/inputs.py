@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import httpx
 import numpy as np
@@ -29,10 +29,19 @@ from .fetch import FetchError, fetch_image_bytes
 from .images import ImageInputError, decode_image, parse_image_input
 from .pipeline import ChunkSender
 from .schemas import ErrorItem, PairId
-from .scoring import PairPlan
 from .settings import TransformerSettings
 
 URL_FETCH_DISABLED = "URL inputs are disabled on this service (URL_FETCH_ENABLED=false)"
+
+
+class InputPlan(Protocol):
+    """A request's distinct image strings and who uses them (pairs or single images)."""
+
+    @property
+    def inputs(self) -> list[str]: ...
+
+    @property
+    def uses(self) -> list[list[tuple[int, str]]]: ...
 
 
 @dataclass(frozen=True)
@@ -150,20 +159,22 @@ class ImageLoader:
         pixels, digest = await loop.run_in_executor(self.executor, self._decode, data)
         return _Source(key=key, pixels=pixels, digest=digest)
 
-    async def load(self, plan: PairPlan, pair_ids: Sequence[PairId], *,
+    async def load(self, plan: InputPlan, pair_ids: Sequence[PairId], *,
                    model_identity: str | None = None,
-                   sender: ChunkSender[Any] | None = None) -> LoadedImages:
+                   sender: ChunkSender[Any] | None = None,
+                   id_field: Literal["pair_id", "id"] = "pair_id") -> LoadedImages:
         """Fetch and decode every input of ``plan``, or take it from the cache.
 
         Args:
             plan: the request's distinct inputs and who uses them.
-            pair_ids: for the error items.
+            pair_ids: the ids of the pairs (or images), for the error items.
             model_identity: the predictor's model identity; None disables the cache.
             sender: receives each distinct decoded image as soon as it is ready (it may
                 start embedding); by default one that only collects them.
+            id_field: the error items' field that carries the id (``id`` for /embed).
 
         Raises:
-            ImageErrors: listing each failing (pair, field), when any input fails.
+            ImageErrors: listing each failing (pair or image, field), when any input fails.
         """
         rows = _Rows(sender if sender is not None else ChunkSender(None, chunk_images=0))
 
@@ -179,12 +190,14 @@ class ImageLoader:
         for result, uses in zip(results, plan.uses, strict=True):
             if isinstance(result, ImageInputError):
                 metrics.IMAGES.labels("rejected").inc()
-                errors.extend(ErrorItem(index=i, pair_id=pair_ids[i], field=field,
-                                        reason=result.reason) for i, field in uses)
+                errors.extend(ErrorItem(index=i, field=field, reason=result.reason,
+                                        **{id_field: pair_ids[i]}) for i, field in uses)
             elif isinstance(result, BaseException):
                 raise result
         if errors:
             errors.sort(key=lambda e: (e.index or 0, e.field != "reference_image"))
+            if id_field == "id":
+                raise ImageErrors(f"{len(errors)} image(s) could not be used", errors)
             pairs = len({e.index for e in errors})
             raise ImageErrors(f"{len(errors)} image(s) in {pairs} pair(s) could not be used",
                               errors)

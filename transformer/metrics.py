@@ -1,6 +1,8 @@
 """Prometheus metrics of the transformer, served on KServe's ``/metrics``.
 
-KServe adds per-model ``request_preprocess_seconds`` / ``request_predict_seconds`` /
+Images of ``/embed`` requests count in the image, decode, fetch, cache and predictor
+metrics like those of ``/similarity``. KServe adds per-model
+``request_preprocess_seconds`` / ``request_predict_seconds`` /
 ``request_postprocess_seconds``; these cover the public API.
 """
 
@@ -15,6 +17,11 @@ REQUEST_SECONDS = Histogram("similarity_request_seconds", "POST /similarity wall
                             buckets=_TIME_BUCKETS)
 PAIRS = Histogram("similarity_pairs_per_request", "Pairs per request",
                   buckets=(1, 2, 5, 10, 20, 30, 50, 100, 128, 256))
+EMBED_REQUESTS = Counter("embed_requests_total", "POST /embed answers", ["code"])
+EMBED_REQUEST_SECONDS = Histogram("embed_request_seconds", "POST /embed wall time",
+                                  buckets=_TIME_BUCKETS)
+EMBED_IMAGES = Histogram("embed_images_per_request", "Images per /embed request",
+                         buckets=(1, 2, 5, 10, 20, 50, 100, 256, 512, 1024))
 DECODE_SECONDS = Histogram("similarity_image_decode_seconds", "Decoding one image",
                            buckets=_TIME_BUCKETS)
 FETCH_SECONDS = Histogram("similarity_url_fetch_seconds", "Fetching one URL",

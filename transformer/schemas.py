@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -46,12 +46,47 @@ class HealthResponse(BaseModel):
     model_type: str | None = Field(description="the DreamSim variant loaded")
 
 
-class ErrorItem(BaseModel):
-    """One thing wrong with a request: which pair, which field, why."""
+class EmbedImage(BaseModel):
+    """One image to embed: base64, a data URI or an http(s) URL."""
 
-    index: int | None = Field(None, description="position of the pair in 'pairs'")
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field(description="base64, data URI or http(s) URL")
+    id: PairId = Field(None, description="echoed back with the embedding")
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    images: list[EmbedImage]
+    encoding: Literal["float", "base64"] = Field(
+        "float", description="float: a list of numbers; base64: the little-endian float32 "
+                             "bytes of the vector, base64-encoded")
+
+
+class ImageEmbedding(BaseModel):
+    embedding: list[float] | str = Field(
+        description="the normalised DreamSim embedding (zero mean, unit norm): "
+                    "1 - dot(a, b) is the /similarity distance")
+    id: PairId = None
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[ImageEmbedding] = Field(description="one per image, in request order")
+    model_type: str = Field(description="the DreamSim variant that computed them")
+    dim: int = Field(description="length of each embedding")
+    processing_time_ms: float
+
+
+class ErrorItem(BaseModel):
+    """One thing wrong with a request: which pair or image, which field, why."""
+
+    index: int | None = Field(None, description="position of the pair in 'pairs' (or of the "
+                                                "image in 'images')")
     pair_id: str | int | None = None
-    field: str = Field(description="e.g. 'reference_image', 'generated_image', 'pairs'")
+    id: str | int | None = Field(None, description="the image's id (POST /embed)")
+    field: str = Field(description="e.g. 'reference_image', 'generated_image', 'pairs', "
+                                   "'image'")
     reason: str
 
 

@@ -1,8 +1,10 @@
 """The transformer as a KServe model server, plus the public routes.
 
-``SimilarityTransformer`` is a ``kserve.Model``: ``preprocess`` turns a similarity request
-into one uint8 batch of its distinct images, ``predict`` sends it to the predictor over
-gRPC v2 (raw contents), ``postprocess`` turns embeddings into scores. ``POST /similarity``
+``SimilarityTransformer`` is a ``kserve.Model``: ``preprocess`` turns a similarity (or
+embedding) request into one uint8 batch of its distinct images, ``predict`` sends it to
+the predictor over gRPC v2 (raw contents), ``postprocess`` turns embeddings into scores
+(or returns them, for ``/embed``). Both routes go through the same admission, body
+limits, parsing, deduplication, cache and errors. ``POST /similarity``, ``POST /embed``
 and ``GET /health`` are added to KServe's FastAPI app (KServe 0.21 has no router hook:
 routes are added to ``kserve.model_server.app`` before the server starts).
 """
@@ -16,6 +18,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +33,24 @@ from pydantic import ValidationError
 from . import metrics, routes_guard
 from .admission import Admission
 from .cache import EmbeddingCache
-from .errors import BadRequest, BodyTooLarge, PredictorUnavailable, ServiceError, TooManyPairs
+from .embeddings import ImagePlan, embeddings_in_order, plan_images
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    PredictorFailed,
+    PredictorUnavailable,
+    ServiceError,
+    TooManyImages,
+    TooManyPairs,
+)
 from .fetch import make_client
 from .inputs import ImageLoader, LoadedImages
 from .pipeline import ChunkSender
 from .predictor_client import Embeddings, PredictorClient
 from .schemas import (
     MAX_PAIR_ID_LENGTH,
+    EmbedRequest,
+    EmbedResponse,
     ErrorItem,
     ErrorResponse,
     HealthResponse,
@@ -58,15 +72,16 @@ routes_guard.install(app)  # KServe's generic routes are refused: routes_guard.p
 class Batch:
     """A request on its way through the pipeline."""
 
-    request: SimilarityRequest
-    plan: PairPlan
+    request: SimilarityRequest | EmbedRequest
+    plan: PairPlan | ImagePlan
     images: LoadedImages
     model_identity: str | None  # the cache keys' model identity
     embeddings: np.ndarray | None = None
 
 
 class SimilarityTransformer(Model):
-    """kserve transformer: image pairs in, DreamSim scores out.
+    """kserve transformer: image pairs in, DreamSim scores out (or images in, embeddings
+    out, when called with an ``EmbedRequest``).
 
     Args:
         name: model name, the same as the predictor's.
@@ -122,7 +137,7 @@ class SimilarityTransformer(Model):
                 request = SimilarityRequest.model_validate(body)
             except ValidationError as e:
                 raise BadRequest("the request body does not match the API",
-                                 _validation_items(e, body)) from None
+                                 _validation_items(e, body, "pairs", "pair_id")) from None
         limit = self.settings.max_pairs_per_request
         if len(request.pairs) > limit:
             raise TooManyPairs(
@@ -131,11 +146,36 @@ class SimilarityTransformer(Model):
                 [ErrorItem(field="pairs", reason=f"{len(request.pairs)} > {limit}")])
         return request
 
+    def parse_embed(self, body: Any) -> EmbedRequest:
+        """Validate an ``/embed`` body; nothing is decoded or fetched before this passes."""
+        if isinstance(body, EmbedRequest):
+            request = body
+        else:
+            try:
+                request = EmbedRequest.model_validate(body)
+            except ValidationError as e:
+                raise BadRequest("the request body does not match the API",
+                                 _validation_items(e, body, "images", "id")) from None
+        limit = self.settings.max_images_per_request
+        if len(request.images) > limit:
+            raise TooManyImages(
+                f"{len(request.images)} images in one request; the limit is {limit} "
+                f"(MAX_IMAGES_PER_REQUEST): split the request",
+                [ErrorItem(field="images", reason=f"{len(request.images)} > {limit}")])
+        return request
+
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:
         """Validate, deduplicate, fetch and decode: the batch for the predictor."""
-        request = self.parse(payload)
-        plan = plan_pairs(request.pairs)
-        pair_ids = [p.pair_id for p in request.pairs]
+        request: SimilarityRequest | EmbedRequest
+        plan: PairPlan | ImagePlan
+        if isinstance(payload, EmbedRequest):
+            request = self.parse_embed(payload)
+            plan = plan_images(request.images)
+            ids = [image.id for image in request.images]
+        else:
+            request = self.parse(payload)
+            plan = plan_pairs(request.pairs)
+            ids = [p.pair_id for p in request.pairs]
         identity = None
         if self.cache.enabled and plan.inputs:
             # Ask which model answers now (an empty batch, no model run): a predictor
@@ -146,8 +186,9 @@ class SimilarityTransformer(Model):
         # Distinct images go to the predictor in chunks while the rest still decode.
         sender = ChunkSender(self._embed_chunk, chunk_images=self.settings.pipeline_chunk_images)
         try:
-            images = await self.loader.load(plan, pair_ids, model_identity=identity,
-                                            sender=sender)
+            images = await self.loader.load(
+                plan, ids, model_identity=identity, sender=sender,
+                id_field="id" if isinstance(request, EmbedRequest) else "pair_id")
         except BaseException:
             sender.cancel()
             raise
@@ -182,11 +223,33 @@ class SimilarityTransformer(Model):
 
     async def postprocess(self, result: Batch, headers: dict[str, str] | None = None,
                           response_headers: dict[str, str] | None = None) -> dict[str, Any]:
-        """Scores in request order (``processing_time_ms`` is added by the route)."""
+        """Scores (or embeddings) in request order (``processing_time_ms`` is added by the
+        route)."""
         assert result.embeddings is not None
-        ids = [p.pair_id for p in result.request.pairs]
+        request, plan = result.request, result.plan
+        if isinstance(request, EmbedRequest):
+            assert isinstance(plan, ImagePlan)
+            info = await self._model_info()
+            embeddings = embeddings_in_order(result.embeddings, plan, result.images.rows,
+                                             [image.id for image in request.images],
+                                             request.encoding)
+            return {"embeddings": [e.model_dump() for e in embeddings],
+                    "model_type": info["model_type"], "dim": info["embedding_dim"]}
+        assert isinstance(plan, PairPlan)
+        ids = [p.pair_id for p in request.pairs]
         return {"scores": [s.model_dump() for s in score_pairs(
-            result.embeddings, result.plan, result.images.rows, ids)]}
+            result.embeddings, plan, result.images.rows, ids)]}
+
+    async def _model_info(self) -> dict[str, Any]:
+        """Variant and embedding size of the predictor; asked with an empty batch (no
+        model run) when no answer has told them yet (an empty request, say)."""
+        if not {"model_type", "embedding_dim"} <= self.predictor_info.keys():
+            self._update_info(await self.predictor.describe(
+                timeout_s=min(5.0, self.settings.predictor_timeout)))
+        if not {"model_type", "embedding_dim"} <= self.predictor_info.keys():
+            raise PredictorFailed("the predictor does not report its model_type and "
+                                  "embedding_dim")
+        return self.predictor_info
 
     def _update_info(self, info: dict[str, Any]) -> None:
         """Record what the predictor reports; another model identity empties the cache."""
@@ -215,17 +278,22 @@ class SimilarityTransformer(Model):
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _validation_items(error: ValidationError, body: Any) -> list[ErrorItem]:
+def _validation_items(error: ValidationError, body: Any, list_key: str,
+                      id_key: str) -> list[ErrorItem]:
+    """Error items of a body that failed validation: per item of ``body[list_key]`` (pairs
+    or images), its index and (when it is echoable) its ``id_key``."""
     items = []
-    pairs = body.get("pairs") if isinstance(body, dict) else None
+    entries = body.get(list_key) if isinstance(body, dict) else None
     for err in error.errors(include_url=False):
         loc = list(err["loc"])
-        index = loc[1] if len(loc) >= 2 and loc[0] == "pairs" and isinstance(loc[1], int) else None
-        pair_id = None
-        if index is not None and isinstance(pairs, list) and isinstance(pairs[index], dict):
-            pair_id = _echoable_id(pairs[index].get("pair_id"))
+        index = (loc[1] if len(loc) >= 2 and loc[0] == list_key and isinstance(loc[1], int)
+                 else None)
+        item_id = None
+        if index is not None and isinstance(entries, list) and isinstance(entries[index], dict):
+            item_id = _echoable_id(entries[index].get(id_key))
         field = ".".join(str(p) for p in (loc[2:] if index is not None else loc)) or "body"
-        items.append(ErrorItem(index=index, pair_id=pair_id, field=field, reason=err["msg"]))
+        items.append(ErrorItem(index=index, field=field, reason=err["msg"],
+                               **{id_key: item_id}))
     return items
 
 
@@ -285,7 +353,7 @@ def _error_response(e: ServiceError) -> JSONResponse:
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (413, 422, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (413, 422, 429, 502, 503, 504)
 }
 
 
@@ -306,12 +374,26 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@app.post("/similarity", response_model=SimilarityResponse, responses=_ERROR_RESPONSES,
-          openapi_extra={"requestBody": {"required": True, "content": {
-              "application/json": {"schema": _inline_refs(
-                  SimilarityRequest.model_json_schema())}}}})
-async def similarity(request: Request) -> JSONResponse:
-    """DreamSim distance and similarity for each image pair, in request order."""
+@dataclass(frozen=True)
+class _Route:
+    """What differs between the public POST routes: the rest is one code path."""
+
+    path: str
+    parse: Callable[[SimilarityTransformer, Any], Any]  # validated request for the service
+    items_key: str  # the answer's list, counted into ``items`` below
+    requests: Any  # metrics: answers by code
+    seconds: Any  # metrics: wall time
+    items: Any  # metrics: items per answered request
+
+
+_SIMILARITY = _Route("/similarity", SimilarityTransformer.parse, "scores", metrics.REQUESTS,
+                     metrics.REQUEST_SECONDS, metrics.PAIRS)
+_EMBED = _Route("/embed", SimilarityTransformer.parse_embed, "embeddings",
+                metrics.EMBED_REQUESTS, metrics.EMBED_REQUEST_SECONDS, metrics.EMBED_IMAGES)
+
+
+async def _serve(request: Request, route: _Route) -> JSONResponse:
+    """Admission, body limit, JSON, validation, the model pipeline, errors, metrics."""
     started = time.perf_counter()
     try:
         if _service is None:
@@ -324,26 +406,45 @@ async def similarity(request: Request) -> JSONResponse:
                 raise BadRequest(f"the request body is not valid JSON: {e}") from None
             except RecursionError:
                 raise BadRequest("the request body is nested too deeply") from None
-            result, _ = await _service(body, headers={"x-request-id": uuid.uuid4().hex})
+            parsed = route.parse(_service, body)
+            result, _ = await _service(parsed, headers={"x-request-id": uuid.uuid4().hex})
     except ServiceError as e:
         if e.status_code >= 500:
             log.warning("answering %d: %s", e.status_code, e.detail)
-        return _observed(_error_response(e), started)
+        return _observed(_error_response(e), started, route)
     except Exception:  # a bug: log it in full, answer without a traceback
-        log.exception("unexpected error in /similarity")
+        log.exception("unexpected error in %s", route.path)
         return _observed(SafeJSONResponse(
             ErrorResponse(detail="internal error; see the server log").model_dump(),
-            status_code=500), started)
+            status_code=500), started, route)
     elapsed = time.perf_counter() - started
     result["processing_time_ms"] = round(elapsed * 1000, 3)
-    metrics.PAIRS.observe(len(result["scores"]))
-    return _observed(SafeJSONResponse(result), started)
+    route.items.observe(len(result[route.items_key]))
+    return _observed(SafeJSONResponse(result), started, route)
 
 
-def _observed(response: JSONResponse, started: float) -> JSONResponse:
-    metrics.REQUESTS.labels(str(response.status_code)).inc()
-    metrics.REQUEST_SECONDS.observe(time.perf_counter() - started)
+def _observed(response: JSONResponse, started: float, route: _Route) -> JSONResponse:
+    route.requests.labels(str(response.status_code)).inc()
+    route.seconds.observe(time.perf_counter() - started)
     return response
+
+
+@app.post("/similarity", response_model=SimilarityResponse, responses=_ERROR_RESPONSES,
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": _inline_refs(
+                  SimilarityRequest.model_json_schema())}}}})
+async def similarity(request: Request) -> JSONResponse:
+    """DreamSim distance and similarity for each image pair, in request order."""
+    return await _serve(request, _SIMILARITY)
+
+
+@app.post("/embed", response_model=EmbedResponse, responses=_ERROR_RESPONSES,
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": _inline_refs(
+                  EmbedRequest.model_json_schema())}}}})
+async def embed(request: Request) -> JSONResponse:
+    """The normalised DreamSim embedding of each image, in request order."""
+    return await _serve(request, _EMBED)
 
 
 @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})

@@ -21,6 +21,9 @@ class TransformerSettings(BaseSettings):
 
     max_pairs_per_request: int = Field(128, ge=1, le=100_000,
                                        description="more pairs than this is a client error (413)")
+    max_images_per_request: int = Field(
+        256, ge=1, le=100_000, description="more images than this in one /embed request is "
+                                           "a client error (413)")
     batch_size_limit: int = Field(64, ge=1, le=4096,
                                   description="largest batch the predictor runs at once")
     url_fetch_timeout: float = Field(10.0, gt=0, le=600,
@@ -43,7 +46,7 @@ class TransformerSettings(BaseSettings):
     max_request_body_mb: float = Field(256.0, gt=0, le=4096,
                                        description="largest request body, checked before parsing")
     max_concurrent_requests: int = Field(
-        8, ge=1, le=1024, description="/similarity requests processed at once")
+        8, ge=1, le=1024, description="/similarity and /embed requests processed at once")
     max_queued_requests: int = Field(
         32, ge=0, le=100_000, description="requests waiting for a slot; more get a quick 429")
     queue_timeout: float = Field(30.0, gt=0,

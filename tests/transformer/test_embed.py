@@ -1,0 +1,274 @@
+"""``POST /embed``: the contract, its agreement with ``/similarity`` for every variant, and
+the limits, errors, cache and admission it shares with ``/similarity``.
+
+Real transformer and predictor processes on loopback (random-weight checkpoints in the
+upstream layout, ``tests/checkpoints.py``); the pure helpers are tested without a server.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from predictor.layout import VARIANTS
+from tests.checkpoints import build_upstream_cache
+from tests.conftest import ImageHost, Predictor, start_transformer
+from tests.procs import free_port, python_cmd, running, wait_http_ok
+from tests.test_e2e import b64, distinct_images
+from transformer.embeddings import (
+    decode_embedding,
+    embeddings_in_order,
+    encode_embedding,
+    plan_images,
+)
+from transformer.schemas import EmbedImage
+
+IMAGES = distinct_images(6, size=160)
+SMALL = [b64(x) for x in distinct_images(2, size=64)]  # under the strict service's 50 kB
+
+
+def embed(url: str, body: object, timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{url}/embed", json=body, timeout=timeout)
+
+
+def items(*indices: int, ids: bool = True) -> list[dict[str, object]]:
+    return [{"image": b64(IMAGES[i]), **({"id": f"im{i}"} if ids else {})} for i in indices]
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+def test_plan_deduplicates_identical_strings_in_first_seen_order() -> None:
+    plan = plan_images([EmbedImage(image=x) for x in ("a", "b", "a", "c", "b")])
+    assert plan.inputs == ["a", "b", "c"]
+    assert plan.slots == [0, 1, 0, 2, 1]
+    assert plan.uses == [[(0, "image"), (2, "image")], [(1, "image"), (4, "image")],
+                         [(3, "image")]]
+
+
+def test_base64_is_the_little_endian_float32_bytes() -> None:
+    vector = np.array([1.0, -0.5, 3.25e-8, 0.1], dtype=np.float32)
+    text = encode_embedding(vector, "base64")
+    assert isinstance(text, str)
+    assert base64.b64decode(text) == vector.astype("<f4").tobytes()
+    assert np.array_equal(decode_embedding(text), vector)
+    assert np.array_equal(decode_embedding(encode_embedding(vector, "float")), vector)
+
+
+def test_answers_follow_the_request_order_through_rows() -> None:
+    plan = plan_images([EmbedImage(image=x) for x in ("a", "b", "a")])
+    vectors = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    # "b" was decoded first (row 0), "a" came from the cache (row 1)
+    out = embeddings_in_order(vectors, plan, rows=[1, 0], ids=["x", 7, None], encoding="float")
+    assert [(e.embedding, e.id) for e in out] == [([1.0, 0.0], "x"), ([0.0, 1.0], 7),
+                                                 ([1.0, 0.0], None)]
+
+
+# --- against the real service --------------------------------------------------------------
+
+def _counter(metrics_text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", metrics_text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.slow
+def test_contract_order_ids_and_encodings(service_url: str) -> None:
+    body = items(0, 1, 2) + [{"image": b64(IMAGES[0]), "id": 5}, {"image": b64(IMAGES[3])}]
+    r = embed(service_url, {"images": body})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert set(answer) == {"embeddings", "model_type", "dim", "processing_time_ms"}
+    assert answer["model_type"] == "dino_vitb16" and answer["dim"] == 768
+    assert answer["processing_time_ms"] > 0
+    assert [e["id"] for e in answer["embeddings"]] == ["im0", "im1", "im2", 5, None]
+    vectors = np.array([e["embedding"] for e in answer["embeddings"]])
+    assert vectors.shape == (5, 768)
+    # normalised as DreamSim normalises: zero mean, unit norm
+    assert np.abs(vectors.mean(axis=1)).max() < 1e-6
+    assert np.abs(np.linalg.norm(vectors, axis=1) - 1).max() < 1e-5
+    assert np.array_equal(vectors[0], vectors[3])  # the same image twice
+    assert not np.allclose(vectors[0], vectors[1])
+
+    as_b64 = embed(service_url, {"images": body, "encoding": "base64"}).json()
+    decoded = np.stack([decode_embedding(e["embedding"]) for e in as_b64["embeddings"]])
+    assert np.array_equal(decoded, vectors.astype(np.float32))
+    # reversed request, reversed answer
+    rev = embed(service_url, {"images": body[::-1]}).json()["embeddings"]
+    assert [e["id"] for e in rev] == [None, 5, "im2", "im1", "im0"]
+    assert np.allclose(np.array([e["embedding"] for e in rev])[::-1], vectors, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_empty_request_still_names_the_model(service_url: str) -> None:
+    r = embed(service_url, {"images": []})
+    assert r.status_code == 200, r.text
+    assert r.json()["embeddings"] == []
+    assert (r.json()["model_type"], r.json()["dim"]) == ("dino_vitb16", 768)
+
+
+@pytest.mark.slow
+def test_duplicates_decoded_once_and_repeats_served_from_the_cache(service_url: str) -> None:
+    fresh = [b64(x) for x in distinct_images(9, size=176)[6:]]
+    body = [{"image": fresh[0]}, {"image": fresh[1]}, {"image": fresh[0]},
+            {"image": "data:image/png;base64," + fresh[0]}]
+    before = httpx.get(f"{service_url}/metrics", timeout=10).text
+    first = embed(service_url, {"images": body})
+    middle = httpx.get(f"{service_url}/metrics", timeout=10).text
+    second = embed(service_url, {"images": body})
+    after = httpx.get(f"{service_url}/metrics", timeout=10).text
+    assert first.status_code == second.status_code == 200
+    decoded = 'similarity_images_total{outcome="decoded"}'
+    hits = "similarity_embedding_cache_hits_total"
+    # 3 distinct strings, 2 distinct pixel arrays: 2 images decoded and embedded
+    assert _counter(middle, decoded) - _counter(before, decoded) == 2
+    assert _counter(after, decoded) == _counter(middle, decoded)  # nothing decoded again
+    assert _counter(after, hits) - _counter(middle, hits) == 3
+    assert first.json()["embeddings"] == second.json()["embeddings"]
+    assert _counter(after, 'embed_requests_total{code="200"}') >= 2
+
+
+@pytest.mark.slow
+def test_openapi_documents_embed(service_url: str) -> None:
+    doc = httpx.get(f"{service_url}/openapi.json", timeout=10).json()
+    op = doc["paths"]["/embed"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["images"]
+    assert schema["properties"]["encoding"]["enum"] == ["float", "base64"]
+    assert {"200", "413", "422", "429", "503"} <= set(op["responses"])
+
+
+@pytest.fixture(scope="module")
+def strict_url(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[str]:
+    """One request at a time, none queued, 3 images, 50 kB images, 2 s URL fetches."""
+    env = {"MAX_IMAGES_PER_REQUEST": "3", "MAX_IMAGE_SIZE_MB": "0.05",
+           "URL_FETCH_TIMEOUT": "2", "MAX_CONCURRENT_REQUESTS": "1",
+           "MAX_QUEUED_REQUESTS": "0"}
+    log = tmp_path_factory.mktemp("logs") / "strict-embed.log"
+    with start_transformer(predictor_server.grpc, log, env=env) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_too_many_images_is_413_before_any_work(strict_url: str) -> None:
+    body = [{"image": "http://127.0.0.2:9/never-fetched"}] * 4
+    started = time.perf_counter()
+    r = embed(strict_url, {"images": body})
+    assert r.status_code == 413
+    assert "limit is 3" in r.json()["detail"] and "MAX_IMAGES_PER_REQUEST" in r.json()["detail"]
+    assert time.perf_counter() - started < 1.0  # the URLs were never tried
+
+
+@pytest.mark.slow
+def test_every_failing_image_is_named_by_index_id_and_reason(
+        strict_url: str, image_host: ImageHost) -> None:
+    big = distinct_images(1, size=512)[0]  # over the 50 kB limit
+    missing = image_host.add("embed-present.png", IMAGES[1]).replace("present", "absent")
+    body = [{"image": SMALL[0], "id": "ok"}, {"image": "not base64!!", "id": 7},
+            {"image": missing}]
+    r = embed(strict_url, {"images": body})
+    assert r.status_code == 422
+    errors = r.json()["errors"]
+    assert [(e["index"], e["id"], e["field"]) for e in errors] == [(1, 7, "image"),
+                                                                   (2, None, "image")]
+    assert "base64" in errors[0]["reason"] and "404" in errors[1]["reason"]
+    r = embed(strict_url, {"images": [{"image": b64(big), "id": "big"}]})
+    assert r.status_code == 422 and "limit" in r.json()["errors"][0]["reason"]
+    assert r.json()["errors"][0]["id"] == "big"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, index, field", [
+    ({}, None, "images"),
+    ({"images": [{"id": "x"}]}, 0, "image"),
+    ({"images": [{"image": "x", "id": True}]}, 0, "id"),
+    ({"images": [{"image": "x"}], "encoding": "hex"}, None, "encoding"),
+])
+def test_schema_errors_are_422_naming_the_field(strict_url: str, body: object,
+                                                index: int | None, field: str) -> None:
+    r = embed(strict_url, body)
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert any(e["index"] == index and e["field"].startswith(field) for e in errors), errors
+    if index == 0 and field == "image":
+        assert errors[0]["id"] == "x"
+    assert "Traceback" not in r.text
+
+
+@pytest.mark.slow
+def test_embed_and_similarity_share_admission(strict_url: str, image_host: ImageHost) -> None:
+    slow = {"images": [{"image": f"{image_host.base}/slow"}]}  # holds the one slot ~2 s
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(embed, strict_url, slow)
+        time.sleep(0.5)
+        started = time.perf_counter()
+        refused = embed(strict_url, {"images": [{"image": SMALL[0]}]})
+        pairs = [{"reference_image": SMALL[0], "generated_image": SMALL[1]}]
+        refused_too = httpx.post(f"{strict_url}/similarity", json={"pairs": pairs}, timeout=30)
+        assert time.perf_counter() - started < 1.0
+        assert refused.status_code == refused_too.status_code == 429
+        assert refused.headers.get("Retry-After")
+        assert holder.result(timeout=30).status_code == 422  # the slow URL timed out
+    assert embed(strict_url, {"images": [{"image": SMALL[0]}]}).status_code == 200
+
+
+# --- /embed against /similarity, every variant ---------------------------------------------
+
+# The suite's session caches, where one exists for the variant (built once for all tests).
+SUITE_WEIGHTS = {"dino_vitb16": "dino_weights_dir", "ensemble": "ensemble_weights_dir"}
+
+
+@pytest.fixture
+def variant_weights(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A random-weight cache for a variant: the suite's own where there is one."""
+
+    def get(variant: str) -> Path:
+        if variant in SUITE_WEIGHTS:
+            return Path(request.getfixturevalue(SUITE_WEIGHTS[variant]))
+        return build_upstream_cache(tmp_path_factory.mktemp(f"weights-{variant}"), variant,
+                                    seed=11)
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_one_minus_dot_of_embeddings_is_the_similarity_distance(
+        variant: str, variant_weights: Callable[[str], Path], tmp_path: Path) -> None:
+    cache = variant_weights(variant)
+    http_port, grpc_port = free_port(), free_port()
+    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    env = {"MODEL_CACHE_DIR": str(cache), "DEVICE": "cpu", "MODEL_TYPE": variant,
+           "PRECISION": "fp32"}
+    log = tmp_path / "predictor.log"
+    with running(cmd, env=env, log_path=log) as proc:
+        wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready", timeout_s=300,
+                     proc=proc, log_path=log)
+        # No cache: both routes really run the model on the images.
+        with start_transformer(f"127.0.0.1:{grpc_port}", tmp_path / "transformer.log",
+                               env={"EMBEDDING_CACHE_SIZE": "0"}) as url:
+            imgs = [b64(x) for x in IMAGES[:3]]
+            pairs = [(0, 1), (1, 2), (2, 0)]
+            r = httpx.post(f"{url}/similarity", json={"pairs": [
+                {"reference_image": imgs[a], "generated_image": imgs[b]} for a, b in pairs]},
+                timeout=300)
+            assert r.status_code == 200, r.text
+            e = embed(url, {"images": [{"image": x} for x in imgs], "encoding": "base64"},
+                      timeout=300)
+            assert e.status_code == 200, e.text
+    answer = e.json()
+    assert answer["model_type"] == variant
+    assert answer["dim"] == VARIANTS[variant].embedding_dim
+    vectors = np.stack([decode_embedding(x["embedding"]) for x in answer["embeddings"]])
+    assert vectors.shape == (3, answer["dim"])
+    vectors64 = vectors.astype(np.float64)
+    for (a, b), score in zip(pairs, r.json()["scores"], strict=True):
+        assert abs((1 - vectors64[a] @ vectors64[b]) - score["distance"]) < 1e-6
