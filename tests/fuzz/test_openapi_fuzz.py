@@ -1,11 +1,12 @@
 """OpenAPI-driven fuzzing of the public routes, and hostile raw bodies, against real servers.
 
 The transformer's ``/openapi.json`` lists the public routes only; the public API
-(``POST /similarity``, ``GET /health``) is fuzzed. Schemathesis generates requests from the
-document, both schema-valid (positive) and schema-invalid (negative), and checks: no 5xx,
-documented status codes and content types, bodies that match the documented schemas, and
-negative data refused. Then hand-written hostile bodies, each of which must get a 4xx with a
-JSON body, after which the service must still score a valid pair exactly as before.
+(``POST /similarity``, ``POST /embed``, ``GET /health``) is fuzzed. Schemathesis generates
+requests from the document, both schema-valid (positive) and schema-invalid (negative), and
+checks: no 5xx, documented status codes and content types, bodies that match the documented
+schemas, and negative data refused. Then hand-written hostile bodies, each of which must get
+a 4xx with a JSON body, after which the service must still score a valid pair exactly as
+before.
 
 Generated image strings are random, so no generated request reaches the model: the suite
 stays fast. URLs that get a 422 (unreachable, or refused by the address policy) are fine.
@@ -37,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-PUBLIC_PATHS = ("/similarity", "/health")
+PUBLIC_PATHS = ("/similarity", "/embed", "/health")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
@@ -121,14 +122,17 @@ def _hoist_inline_defs(doc: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def api_schema(openapi_doc: dict[str, Any]) -> schemathesis.BaseSchema:
     schema = schemathesis.openapi.from_dict(_hoist_inline_defs(openapi_doc))
-    return schema.include(path_regex=r"^/(similarity|health)$")
+    return schema.include(path_regex=r"^/(similarity|embed|health)$")
 
 
 @pytest.mark.parametrize(("path", "method", "mode", "examples"), [
     ("/similarity", "POST", GenerationMode.POSITIVE, 150),
     ("/similarity", "POST", GenerationMode.NEGATIVE, 150),
+    ("/embed", "POST", GenerationMode.POSITIVE, 100),
+    ("/embed", "POST", GenerationMode.NEGATIVE, 100),
     ("/health", "GET", GenerationMode.POSITIVE, 5),
-], ids=["similarity-positive", "similarity-negative", "health"])
+], ids=["similarity-positive", "similarity-negative", "embed-positive", "embed-negative",
+        "health"])
 def test_schemathesis(service_url: str, api_schema: schemathesis.BaseSchema, path: str,
                       method: str, mode: GenerationMode, examples: int) -> None:
     operation = api_schema[path][method]
@@ -151,7 +155,7 @@ def test_schemathesis(service_url: str, api_schema: schemathesis.BaseSchema, pat
 
 def test_only_public_routes_are_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
     labels = sorted(op.ok().label for op in api_schema.get_all_operations())
-    assert labels == ["GET /health", "POST /similarity"]
+    assert labels == ["GET /health", "POST /embed", "POST /similarity"]
 
 
 # --- hostile raw bodies --------------------------------------------------------------------
