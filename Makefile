@@ -12,7 +12,7 @@ export MODEL_CACHE_DIR MODEL_TYPE
 .PHONY: help install install-test run test lint weights bench clean tools kind-test
 
 help:
-	@echo "make run      install what is needed, then start predictor + transformer on 127.0.0.1:$(PORT)"
+	@echo "make run      install what is needed, fetch missing weights, then start predictor + transformer on 127.0.0.1:$(PORT)"
 	@echo "make test     install what is needed, then run the whole test suite"
 	@echo "make weights  fetch the official DreamSim weights into MODEL_CACHE_DIR"
 	@echo "make tools    install helm and checkov into .tools/ (make test does it too)"

@@ -1,6 +1,13 @@
 """``make run``: the predictor and the transformer together on this machine.
 
-Starts ``python -m predictor`` (gRPC on PREDICTOR_GRPC_PORT, REST on PREDICTOR_HTTP_PORT)
+First the weights: when the selected variant's files are missing from MODEL_CACHE_DIR,
+they are fetched (``predictor.weights.ensure_weights``: progress with bytes, rate and time
+left, everything verified) unless ``AUTO_FETCH_WEIGHTS=false``; when that fails (no
+internet, say) it stops, saying which files are missing, where they come from and how to
+lay them out by hand. Only this local runner fetches: the predictor itself never does
+(the images and the cluster keep their explicit weights step).
+
+Then it starts ``python -m predictor`` (gRPC on PREDICTOR_GRPC_PORT, REST on PREDICTOR_HTTP_PORT)
 and ``python -m transformer`` (the public API on PORT, default 8080), wired over gRPC v2,
 with every setting taken from the environment. Says where it listens once the model is
 loaded; Ctrl-C or SIGTERM stops both; if either process dies, the other is stopped too.
@@ -18,6 +25,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the project's packages are beside it
+    sys.path.insert(0, str(ROOT))
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _port(name: str, default: int) -> int:
@@ -25,6 +37,73 @@ def _port(name: str, default: int) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         sys.exit(f"run: {name}={value!r} is not a TCP port")
     return int(value)
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in _TRUE | _FALSE:
+        sys.exit(f"run: {name}={value!r} is not a boolean (true or false)")
+    return value in _TRUE
+
+
+def manual_steps(model_type: str, cache_dir: Path) -> str:
+    """Where each missing piece comes from and where it goes, for fetching by hand."""
+    from predictor.layout import ADAPTER_WEIGHT_FILES, get_variant
+    from predictor.weights import BASE_URL_ENV, sources
+
+    variant = get_variant(model_type)
+    where = sources(variant, os.environ.get(BASE_URL_ENV) or None)
+    lines = [f"  {where.release_url}", f"    unzip into {cache_dir}/, giving "
+             f"{', '.join(variant.release_files)} ({variant.lora_dir}/ holds "
+             f"adapter_config.json and {' or '.join(ADAPTER_WEIGHT_FILES)})"]
+    if variant.hub_file is not None and where.hub_url is not None:
+        lines += [f"  {where.hub_url}", f"    save as {cache_dir / variant.hub_file.path}"]
+    return "\n".join(lines)
+
+
+def prepare_weights(model_type: str, cache_dir: Path, *, auto_fetch: bool) -> str | None:
+    """Make sure the predictor will find its weights; fetch them when missing.
+
+    Args:
+        model_type: ``MODEL_TYPE``.
+        cache_dir: ``MODEL_CACHE_DIR``.
+        auto_fetch: fetch missing weights (``AUTO_FETCH_WEIGHTS``).
+
+    Returns:
+        None when the predictor can start (weights present, fetched, or not fetched on
+        purpose: the predictor then stops with its own message); else why not, with what
+        to do by hand.
+    """
+    from predictor.checkpoint import WeightsError, check_files
+    from predictor.layout import get_variant
+    from predictor.weights import FetchError, ensure_weights
+
+    try:
+        check_files(cache_dir, get_variant(model_type))
+    except ValueError as e:  # unknown MODEL_TYPE: the predictor says it at start-up
+        return str(e)
+    except WeightsError as e:
+        missing = str(e)
+    else:
+        return None
+    if not auto_fetch:
+        print("run: the weights are missing and AUTO_FETCH_WEIGHTS is off: not fetching them",
+              flush=True)
+        return None
+    print(f"run: {missing.split('. ')[0]}.\nrun: fetching them now (AUTO_FETCH_WEIGHTS=false "
+          "turns this off)", flush=True)
+    started = time.monotonic()
+    try:
+        ensure_weights(model_type=model_type, cache_dir=cache_dir, progress=True)
+        check_files(cache_dir, get_variant(model_type))
+    except (FetchError, WeightsError, OSError) as e:
+        return (f"could not fetch the weights: {e}\n{missing}\nBy hand, on a machine with "
+                f"internet access:\n{manual_steps(model_type, cache_dir)}")
+    print(f"run: weights for {model_type} fetched and verified in {cache_dir} "
+          f"({time.monotonic() - started:.0f} s)", flush=True)
+    return None
 
 
 def _ready(url: str) -> bool:
@@ -43,8 +122,14 @@ def main() -> int:
         sys.exit("run: PORT, PREDICTOR_GRPC_PORT and PREDICTOR_HTTP_PORT must differ")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("MODEL_CACHE_DIR", str(ROOT / "models"))
+    env.setdefault("MODEL_TYPE", "dino_vitb16")
+    problem = prepare_weights(env["MODEL_TYPE"], Path(env["MODEL_CACHE_DIR"]),
+                              auto_fetch=_flag("AUTO_FETCH_WEIGHTS", True))
+    if problem is not None:
+        print(f"run: {problem}", file=sys.stderr, flush=True)
+        return 1
     py = sys.executable
-    print(f"run: predictor (MODEL_TYPE={env.get('MODEL_TYPE', 'dino_vitb16')}, "
+    print(f"run: predictor (MODEL_TYPE={env['MODEL_TYPE']}, "
           f"DEVICE={env.get('DEVICE', 'cuda')}, weights in {env['MODEL_CACHE_DIR']}) "
           f"on gRPC :{grpc_port} / REST :{rest_port}", flush=True)
     procs = [subprocess.Popen([py, "-m", "predictor", "--http_port", str(rest_port),
@@ -73,6 +158,7 @@ def main() -> int:
         if not announced and _ready(f"http://127.0.0.1:{port}/health"):
             announced = True
             print(f"run: ready. POST http://127.0.0.1:{port}/similarity, "
+                  f"POST http://127.0.0.1:{port}/embed, "
                   f"GET http://127.0.0.1:{port}/health (Ctrl-C stops)", flush=True)
         time.sleep(0.5)
     for p in procs:
