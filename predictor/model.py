@@ -3,7 +3,9 @@
 The computation is dreamsim 0.2.1's ``PerceptualModel.embed`` with ``normalize_embeds=True``:
 features of each backbone concatenated in upstream order, then each embedding has its
 mean over features subtracted and is L2-normalised, so that
-``distance = 1 - <e_a, e_b>`` equals upstream's ``1 - cosine_similarity``. No kserve here.
+``distance = 1 - <e_a, e_b>`` equals upstream's ``1 - cosine_similarity``. For the patch
+variants the embedding is the unit-norm vector upstream's ``forward`` takes the cosine of
+(``patch_embedding``). No kserve here.
 """
 
 from __future__ import annotations
@@ -43,6 +45,32 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def normalize_embedding(feats: torch.Tensor) -> torch.Tensor:
+    """Upstream's ``normalize_embedding``: subtract the mean over features, L2-normalise."""
+    feats = feats - feats.mean(dim=-1, keepdim=True)
+    return feats / feats.norm(dim=-1, keepdim=True)
+
+
+def patch_embedding(tokens: torch.Tensor) -> torch.Tensor:
+    """The patch models' embedding: unit-norm ``[CLS | mean of the patch tokens]``.
+
+    Upstream (``PerceptualModel.embed`` then ``forward``): every token normalised on its
+    own (``normalize_embedding_patch``: mean over features subtracted, L2-normalised), then
+    the distance is ``1 - cosine`` of the CLS token concatenated with the average of the
+    patch tokens (``adaptive_avg_pool2d`` over the grid). Dividing that concatenation by its
+    norm here makes the distance a dot product, as for the other variants.
+
+    Args:
+        tokens: ``[B, 1 + patches, D]`` output of the last block.
+
+    Returns:
+        ``[B, 2 D]``, unit norm.
+    """
+    tokens = normalize_embedding(tokens)
+    joined = torch.cat((tokens[:, 0], tokens[:, 1:].mean(dim=1)), dim=-1)
+    return joined / joined.norm(dim=-1, keepdim=True)
+
+
 class DreamSimEmbedder(nn.Module):
     """Normalised DreamSim embeddings of uint8 images.
 
@@ -55,12 +83,14 @@ class DreamSimEmbedder(nn.Module):
         self.variant = variant
         self.backbones = nn.ModuleList(
             ViT(
-                kind=b.kind,
+                feature=b.feature,
                 eps=b.layer_norm_eps,
                 quick_gelu=b.quick_gelu,
                 mean=b.mean,
                 std=b.std,
-                proj_dim=b.feature_dim if b.kind == "clip" else None,
+                proj_dim=b.feature_dim if b.feature == "embedding" else None,
+                patch_size=b.patch_size,
+                layer_scale=b.layer_scale,
             )
             for b in variant.backbones
         )
@@ -74,10 +104,15 @@ class DreamSimEmbedder(nn.Module):
         return next(self.parameters()).device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, 224, 224] on the model's device -> fp32 [B, D], unit norm, zero mean."""
+        """uint8 [B, 3, 224, 224] on the model's device -> fp32 [B, D], unit norm.
+
+        ``1 - <e_a, e_b>`` is upstream's distance for every variant.
+        """
+        if self.variant.is_patch:
+            (backbone,) = self.backbones
+            return patch_embedding(backbone(images).float())
         feats = torch.cat([bb(images).float() for bb in self.backbones], dim=-1)
-        feats = feats - feats.mean(dim=1, keepdim=True)
-        return feats / feats.norm(dim=1, keepdim=True)
+        return normalize_embedding(feats)
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor, *, batch_size: int) -> torch.Tensor:
@@ -132,7 +167,7 @@ def load_model(*, cache_dir: Path | str, variant: str, device: str, precision: s
 
     Args:
         cache_dir: MODEL_CACHE_DIR, in the layout ``dreamsim(cache_dir=...)`` leaves.
-        variant: MODEL_TYPE (``dino_vitb16`` or ``ensemble``).
+        variant: MODEL_TYPE (one of ``predictor.layout.VARIANTS``).
         device: ``cuda``, ``cuda:N`` or ``cpu``; ``cuda`` without a GPU falls back to CPU.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
 
@@ -157,7 +192,8 @@ def load_model(*, cache_dir: Path | str, variant: str, device: str, precision: s
             vit.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
             raise WeightsError(
-                f"{cache / backbone.weights_file} does not match a ViT-B/16 {backbone.name}: "
+                f"{cache / backbone.weights_file} does not match {backbone.name}'s ViT-B/"
+                f"{backbone.patch_size}: "
                 f"{str(e)[:300]}"
             ) from e
         # Buffers are not in the checkpoint: make them real tensors again.

@@ -18,8 +18,10 @@ class PredictorSettings(BaseSettings):
 
     device: str = Field("cuda", pattern=r"^(cuda(:\d+)?|cpu)$",
                         description="where the model runs; cuda falls back to cpu with a warning")
-    model_type: Literal["dino_vitb16", "ensemble"] = Field("dino_vitb16",
-                                                           description="DreamSim variant")
+    model_type: Literal["ensemble", "dino_vitb16", "dinov2_vitb14", "clip_vitb32",
+                        "open_clip_vitb32", "synclr_vitb16", "dino_vitb16_patch",
+                        "dinov2_vitb14_patch"] = Field(
+        "dino_vitb16", description="DreamSim variant (predictor.layout.VARIANTS)")
     model_cache_dir: Path = Field(Path("models"), description="weights, upstream cache layout")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 on CUDA, fp32 on CPU")

@@ -1,23 +1,35 @@
-"""A plain ViT-B/16 forward pass, just what DreamSim's features need.
+"""A plain ViT-B forward pass, just what DreamSim's features need.
 
 The architecture is DINO's ``vision_transformer.py`` (Caron et al. 2021) as vendored by
-dreamsim 0.2.1 (``dreamsim/feature_extraction/vision_transformer.py``), with the two
-changes ``load_clip_as_dino.py`` / ``load_open_clip_as_dino.py`` make for CLIP backbones
-(``pos_drop`` replaced by a LayerNorm ``ln_pre``, QuickGELU for OpenAI CLIP, eps 1e-5).
+dreamsim 0.2.1 (``dreamsim/feature_extraction/vision_transformer.py``), with what the
+other backbones change:
+
+- CLIP / OpenCLIP (``load_clip_as_dino.py``, ``load_open_clip_as_dino.py``): ``pos_drop``
+  replaced by a LayerNorm (``ln_pre`` here), QuickGELU for OpenAI CLIP, eps 1e-5, a
+  ``proj`` matrix after the final norm; patch 16 or 32.
+- DINOv2 (``dinov2.models.vision_transformer``, torch.hub's ``dinov2_vitb14``): patch 14,
+  layer scale on both residual branches (``ls1.gamma``, ``ls2.gamma``), and a position
+  embedding trained at 518 px that upstream resizes on every call; here it is resized once
+  at load time by ``resize_pos_embed`` with the same call.
+
 Parameter names follow the upstream checkpoints so their state dicts load unchanged
 (except ``pos_drop.*``, stored here as ``ln_pre.*``).
 
 Differences from upstream, none of which changes the result beyond float rounding:
 attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
-where available), no forward hooks, and the last block computes only the CLS token,
-which is all DreamSim reads.
+where available), no forward hooks, and, where the feature is read from the CLS token
+only, the last block computes only the CLS token.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+FEATURES = ("cls", "embedding", "cls_patch")
 
 
 class QuickGELU(nn.Module):
@@ -25,6 +37,17 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+class LayerScale(nn.Module):
+    """DINOv2's per-channel residual scale (named ``gamma`` as upstream)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
 
 
 class Mlp(nn.Module):
@@ -65,17 +88,20 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, eps: float, quick_gelu: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, *, eps: float, quick_gelu: bool,
+                 layer_scale: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, dim * 4, quick_gelu=quick_gelu)
+        self.ls1: nn.Module = LayerScale(dim) if layer_scale else nn.Identity()
+        self.ls2: nn.Module = LayerScale(dim) if layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, *, cls_only: bool = False) -> torch.Tensor:
-        y = self.attn(self.norm1(x), cls_only=cls_only)
+        y = self.ls1(self.attn(self.norm1(x), cls_only=cls_only))
         x = (x[:, :1] if cls_only else x) + y
-        return x + self.mlp(self.norm2(x))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -89,51 +115,90 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class ViT(nn.Module):
-    """ViT-B/16 at 224 px returning one DreamSim feature per image.
+def resize_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """A position embedding for a ``grid x grid`` patch grid, as DINOv2 computes it.
+
+    Exactly ``DinoVisionTransformer.interpolate_pos_encoding`` (dinov2 0.0.1 / torch.hub):
+    bicubic ``interpolate`` with ``scale_factor=(grid + 0.1) / M`` (not ``size=``, which
+    samples at other positions), no antialias, in float32, the CLS position untouched. A
+    stored grid equal to ``grid`` is returned as is (upstream's shortcut).
 
     Args:
-        kind: ``"dino"``: the CLS token output of the last block, before the final norm
-            (upstream ``feat_type="cls"``). ``"clip"``: ``ln_pre`` after the position
-            embedding, final norm on the CLS token, then ``@ proj`` (``feat_type="embedding"``).
-        eps: LayerNorm epsilon (1e-6 DINO, 1e-5 CLIP/OpenCLIP).
+        pos_embed: ``[1, 1 + M*M, D]`` as stored in the checkpoint.
+        grid: patches per side of the input (16 for ViT-B/14 at 224 px).
+
+    Returns:
+        ``[1, 1 + grid*grid, D]`` in ``pos_embed``'s dtype.
+    """
+    n = pos_embed.shape[1] - 1
+    m = int(math.sqrt(n))
+    assert m * m == n, f"position embedding of {n} patches is not a square grid"
+    if m == grid:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    pos = pos_embed.float()
+    patch = F.interpolate(
+        pos[:, 1:].reshape(1, m, m, dim).permute(0, 3, 1, 2),
+        scale_factor=((grid + 0.1) / m, (grid + 0.1) / m),
+        mode="bicubic",
+    )
+    assert patch.shape[-2:] == (grid, grid), f"resized to {tuple(patch.shape)}, not {grid}"
+    patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)
+    return torch.cat((pos[:, :1], patch), dim=1).to(pos_embed.dtype)
+
+
+class ViT(nn.Module):
+    """ViT-B at 224 px returning one DreamSim feature per image.
+
+    Args:
+        feature: ``"cls"``: the CLS token output of the last block, before the final norm
+            (upstream ``feat_type="cls"``). ``"embedding"``: ``ln_pre`` after the position
+            embedding, final norm on the CLS token, then ``@ proj`` (``feat_type=
+            "embedding"``). ``"cls_patch"``: every token of the last block, before the
+            final norm (``feat_type="cls_patch"``).
+        eps: LayerNorm epsilon (1e-6 DINO, DINOv2, SynCLR; 1e-5 CLIP/OpenCLIP).
         quick_gelu: use QuickGELU (OpenAI CLIP) instead of exact GELU.
-        proj_dim: output size of ``proj`` (CLIP only).
         mean: per-channel mean of the input normalisation.
         std: per-channel std of the input normalisation.
+        proj_dim: output size of ``proj`` (``embedding`` only).
+        patch_size: 16, 32 or 14.
+        layer_scale: DINOv2's ``ls1``/``ls2`` in every block.
     """
 
     def __init__(
         self,
         *,
-        kind: str,
+        feature: str,
         eps: float,
         quick_gelu: bool,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         proj_dim: int | None = None,
+        patch_size: int = 16,
+        layer_scale: bool = False,
         embed_dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
-        patch_size: int = 16,
         img_size: int = 224,
     ) -> None:
         super().__init__()
-        assert kind in ("dino", "clip"), f"unknown backbone kind {kind!r}"
-        assert (kind == "clip") == (proj_dim is not None), "proj_dim is for CLIP backbones only"
-        self.kind = kind
+        assert feature in FEATURES, f"unknown feature {feature!r}"
+        assert (feature == "embedding") == (proj_dim is not None), (
+            "proj_dim is for the embedding feature (CLIP backbones) only")
+        self.feature = feature
         self.img_size = img_size
         num_tokens = (img_size // patch_size) ** 2 + 1
         self.patch_embed = PatchEmbed(embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, eps=eps, quick_gelu=quick_gelu) for _ in range(depth)
+            Block(embed_dim, num_heads, eps=eps, quick_gelu=quick_gelu, layer_scale=layer_scale)
+            for _ in range(depth)
         )
         self.ln_pre: nn.LayerNorm | None = None
         self.norm: nn.LayerNorm | None = None
         self.proj: nn.Parameter | None = None
-        if kind == "clip":
+        if feature == "embedding":
             self.ln_pre = nn.LayerNorm(embed_dim, eps=eps)
             self.norm = nn.LayerNorm(embed_dim, eps=eps)
             self.proj = nn.Parameter(torch.empty(embed_dim, proj_dim))  # type: ignore[arg-type]
@@ -149,7 +214,8 @@ class ViT(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images [B, 3, 224, 224] -> features [B, 768 (dino) | proj_dim (clip)]."""
+        """uint8 images [B, 3, 224, 224] -> features: [B, 768] (cls), [B, proj_dim]
+        (embedding) or [B, tokens, 768] (cls_patch)."""
         assert images.shape[-2:] == (self.img_size, self.img_size), (
             f"expected {self.img_size}x{self.img_size} images, got {tuple(images.shape)}"
         )
@@ -159,11 +225,14 @@ class ViT(nn.Module):
         x = x + self.pos_embed
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        last = len(self.blocks) - 1
+        # Only the CLS token of the last block is read unless every token is the feature.
+        last = len(self.blocks) - 1 if self.feature != "cls_patch" else -1
         for i, blk in enumerate(self.blocks):
             x = blk(x, cls_only=i == last)
+        if self.feature == "cls_patch":
+            return x
         cls = x[:, 0]
-        if self.kind == "dino":
+        if self.feature == "cls":
             return cls
         assert self.norm is not None and self.proj is not None
         return self.norm(cls) @ self.proj

@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from predictor.checkpoint import WeightsError
+from predictor.layout import get_variant
 from predictor.model import load_model
-from tests.checkpoints import adapter_as_bin, build_upstream_cache, upstream_dreamsim
+from tests.checkpoints import (
+    LORA_CONFIGS,
+    adapter_as_bin,
+    build_upstream_cache,
+    read_adapter_config,
+    upstream_dreamsim,
+)
 from tests.conftest import Photo, encode
 from transformer.images import decode_image
 
@@ -67,6 +74,51 @@ def test_dino_matches_upstream(dino_weights_dir: Path, photos: list[Photo]) -> N
 @pytest.mark.slow
 def test_ensemble_matches_upstream(ensemble_weights_dir: Path, photos: list[Photo]) -> None:
     _compare(ensemble_weights_dir, "ensemble", photos[:10])
+
+
+# The six variants beyond dino_vitb16 and ensemble: 4 photos (6 pairs) each keeps the
+# suite short; dino_vitb16 and ensemble above cover many more images.
+OTHER_VARIANTS = ["dinov2_vitb14", "clip_vitb32", "open_clip_vitb32", "synclr_vitb16",
+                  "dino_vitb16_patch", "dinov2_vitb14_patch"]
+
+
+def compare_with_forward(cache: Path, variant: str, photos: list[Photo]) -> float:
+    """Max |ours - upstream| over all pairs of ``photos``, upstream's distance being its
+    ``PerceptualModel.forward`` (for the patch variants the pooling and concatenation
+    happen there, not in ``embed``)."""
+    up_model, preprocess = upstream_dreamsim(cache, variant)
+    x = _upstream_batch(preprocess, photos)
+    pairs = [(i, j) for i in range(len(photos)) for j in range(i + 1, len(photos))]
+    a = torch.tensor([i for i, _ in pairs])
+    b = torch.tensor([j for _, j in pairs])
+    with torch.no_grad():
+        expected = up_model(x[a], x[b]).double()
+    del up_model
+    emb = _ours(cache, variant, (x * 255).round().to(torch.uint8)).double()
+    assert emb.shape[1] == get_variant(variant).embedding_dim
+    assert torch.allclose(emb.norm(dim=1), torch.ones(len(photos), dtype=torch.float64))
+    got = 1 - (emb[a] * emb[b]).sum(dim=1)
+    worst = float((got - expected).abs().max())
+    print(f"\n{variant}: {len(pairs)} pairs, distances {float(expected.min()):.4f}.."
+          f"{float(expected.max()):.4f}, max |ours - upstream| = {worst:.2e}")
+    assert worst < TOLERANCE, f"{variant}: max |ours - upstream| = {worst:.3g}"
+    assert float(expected.max()) > 0.05 and float(expected.std()) > 0.01
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", OTHER_VARIANTS)
+def test_variant_matches_upstream(variant: str, tmp_path: Path, photos: list[Photo]) -> None:
+    """Each variant on its own random cache, LoRA ranks and alphas unlike the releases."""
+    cache = build_upstream_cache(tmp_path / variant, variant, seed=11)
+    config = read_adapter_config(cache, variant)
+    assert (config["r"], config["lora_alpha"]) == (
+        LORA_CONFIGS[variant]["r"], LORA_CONFIGS[variant]["lora_alpha"])
+    try:
+        # originals and distortions: photos[0] and photos[1] are one photo and a distortion
+        compare_with_forward(cache, variant, [photos[i] for i in (0, 1, 4, 8)])
+    finally:
+        shutil.rmtree(cache)  # 350 MB each: do not let six of them pile up in /tmp
 
 
 def test_whole_chain_from_encoded_bytes(dino_weights_dir: Path, photos: list[Photo]) -> None:

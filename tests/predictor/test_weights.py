@@ -24,11 +24,13 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from predictor.layout import DINO_BACKBONE_FILE, VARIANTS
-from predictor.weights import ensure_weights, fetch_command, main
+from predictor.layout import DINO_BACKBONE_FILE, DINO_HUB_FILE, DINOV2_HUB_FILE, VARIANTS
+from predictor.weights import ensure_weights, fetch_command, main, sources
 from predictor.weights.download import Progress
 
 BACKBONE_PATH = "/dino/dino_vitbase16_pretrain.pth"
+DINOV2_PATH = "/dinov2/dinov2_vitb14_pretrain.pth"
+HUB_PATHS = {DINO_HUB_FILE.path: BACKBONE_PATH, DINOV2_HUB_FILE.path: DINOV2_PATH}
 
 
 # --------------------------------------------------------------------------- payloads
@@ -70,6 +72,19 @@ def backbone_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def dinov2_shapes() -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of the real dinov2_vitb14_pretrain.pth (175 keys: 518 px position
+    grid, mask token, layer scale)."""
+    d = 768
+    shapes = backbone_shapes()
+    shapes |= {"pos_embed": (1, 1370, d), "patch_embed.proj.weight": (d, 3, 14, 14),
+               "mask_token": (1, d)}
+    for i in range(12):
+        shapes |= {f"blocks.{i}.ls1.gamma": (d,), f"blocks.{i}.ls2.gamma": (d,)}
+    assert len(shapes) == 175, "the DINOv2 ViT-B/14 state dict has 175 keys"
+    return shapes
+
+
 def backbone_bytes(shapes: dict[str, tuple[int, ...]]) -> bytes:
     """A state dict with these shapes whose tensors share one storage (saved once)."""
     largest = max(torch.Size(s).numel() for s in shapes.values())
@@ -105,10 +120,14 @@ def lora_members(lora_dir: str) -> dict[str, bytes]:
 def release_members(model_type: str) -> dict[str, bytes]:
     """What the upstream release zip of ``model_type`` holds (small random tensors)."""
     variant = VARIANTS[model_type]
-    members = {"dino_vitb16_pretrain.pth": torch_bytes({"student": {"w": randn(4, 4)}})}
-    for name in ("clip_vitb16_pretrain.pth.tar", "open_clip_vitb16_pretrain.pth.tar"):
-        if name in variant.release_files:
+    members = {}
+    for name in variant.release_files:
+        if name == variant.lora_dir:
+            continue
+        elif name.endswith(".pth.tar"):
             members[name] = torch_bytes({"state_dict": {"proj": randn(768, 512)}})
+        else:
+            members[name] = torch_bytes({"student": {"w": randn(4, 4)}})
     return members | lora_members(variant.lora_dir)
 
 
@@ -187,11 +206,9 @@ def handler_for(server: Server) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="module")
 def payloads() -> dict[str, bytes]:
     shapes = backbone_shapes()
-    return {
-        "/dino_vitb16.zip": zip_bytes(release_members("dino_vitb16")),
-        "/ensemble.zip": zip_bytes(release_members("ensemble")),
-        BACKBONE_PATH: backbone_bytes(shapes),
-    }
+    zips = {f"/{name}.zip": zip_bytes(release_members(name)) for name in VARIANTS}
+    return zips | {BACKBONE_PATH: backbone_bytes(shapes),
+                   DINOV2_PATH: backbone_bytes(dinov2_shapes())}
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +243,8 @@ def fetch(
     release: str | None = None,
     *extra: str,
 ) -> int:
+    hub = VARIANTS[model_type].hub_file
+    backbone = ["--backbone-url", server.url(HUB_PATHS[hub.path])] if hub else []
     return main(
         [
             "--model-type",
@@ -234,8 +253,7 @@ def fetch(
             str(cache),
             "--release-url",
             release or server.url(f"/{model_type}.zip"),
-            "--backbone-url",
-            server.url(BACKBONE_PATH),
+            *backbone,
             *extra,
         ]
     )
@@ -249,7 +267,7 @@ def leftovers(cache: Path) -> list[str]:
 # ------------------------------------------------------------------------------ tests
 
 
-@pytest.mark.parametrize("model_type", ["dino_vitb16", "ensemble"])
+@pytest.mark.parametrize("model_type", sorted(VARIANTS))
 def test_fresh_fetch_produces_upstream_layout(
     server: Server, cache: Path, model_type: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -261,7 +279,14 @@ def test_fresh_fetch_produces_upstream_layout(
     assert (cache / variant.lora_dir / "adapter_model.safetensors").is_file()
     for name, data in release_members(model_type).items():
         assert (cache / name).read_bytes() == data, name
-    assert (cache / DINO_BACKBONE_FILE).read_bytes() == server.files[BACKBONE_PATH]
+    hub = variant.hub_file
+    fetched = [p for p, _, _ in server.requests]
+    if hub is None:  # CLIP, OpenCLIP, SynCLR: everything is in the release zip
+        assert fetched == [f"/{model_type}.zip"]
+        assert not (cache / "checkpoints").exists()
+    else:
+        assert fetched == [f"/{model_type}.zip", HUB_PATHS[hub.path]]
+        assert (cache / hub.path).read_bytes() == server.files[HUB_PATHS[hub.path]]
     assert leftovers(cache) == []
     out = capsys.readouterr().out
     assert f"weights for {model_type} are ready in {cache}" in out
@@ -401,6 +426,20 @@ def test_bad_backbone_is_rejected_and_removed(
     assert not (cache / DINO_BACKBONE_FILE).exists()
 
 
+def test_dino_backbone_is_not_taken_for_dinov2(
+    server: Server, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.files[DINOV2_PATH] = server.files[BACKBONE_PATH]  # the wrong file at the URL
+
+    assert fetch(server, cache, "dinov2_vitb14") == 1
+
+    err = capsys.readouterr().err
+    assert "dinov2_vitb14_pretrain.pth.part: pos_embed has shape [1, 197, 768]" in err
+    assert "expected [1, 1370, 768]" in err
+    assert leftovers(cache) == []
+    assert not (cache / DINOV2_HUB_FILE.path).exists()
+
+
 def test_http_error_names_the_url(
     server: Server, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -464,12 +503,11 @@ def test_fetch_command() -> None:
 def mirror(server: Server, model_type: str) -> None:
     """Serve ``model_type``'s files the way a mirror does: upstream file names, side by side."""
     variant = VARIANTS[model_type]
-    for url in (variant.release_zip_url, variant.hub_file.url if variant.hub_file else None):
-        if url:
-            name = "/" + url.rsplit("/", 1)[1]
-            server.files[name] = server.files[
-                BACKBONE_PATH if variant.hub_file and url == variant.hub_file.url
-                else f"/{model_type}.zip"]
+    server.files["/" + variant.release_zip_url.rsplit("/", 1)[1]] = server.files[
+        f"/{model_type}.zip"]
+    if variant.hub_file:
+        server.files["/" + variant.hub_file.url.rsplit("/", 1)[1]] = server.files[
+            HUB_PATHS[variant.hub_file.path]]
 
 
 def test_ensure_weights_reads_the_mirror_from_the_environment(
@@ -495,13 +533,14 @@ def test_ensure_weights_reads_the_mirror_from_the_environment(
 def test_base_url_flag_and_quiet(
     server: Server, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    mirror(server, "ensemble")
-    argv = ["--model-type", "ensemble", "--cache-dir", str(cache), "--base-url", server.base_url]
+    mirror(server, "dinov2_vitb14_patch")
+    argv = ["--model-type", "dinov2_vitb14_patch", "--cache-dir", str(cache),
+            "--base-url", server.base_url]
 
     assert main([*argv, "--quiet"]) == 0
 
     assert [p for p, _, _ in server.requests] == [
-        "/dreamsim_ensemble_checkpoint.zip", "/dino_vitbase16_pretrain.pth"]
+        "/dreamsim_dinov2_vitb14_patch_checkpoint.zip", "/dinov2_vitb14_pretrain.pth"]
     assert "%" not in capsys.readouterr().err
 
 
@@ -512,3 +551,20 @@ def test_progress_line_shows_rate_and_time_left() -> None:
     assert meter.line(30_000_000) == "x.pth: 27% (30.0 MB / 110.0 MB, 2.0 MB/s, 0:40 left)"
     assert meter.line(110_000_000).endswith("(110.0 MB / 110.0 MB, 10.0 MB/s)")
     assert Progress("y", 0, None, clock=lambda: now[0]).line(0) == "y: 0.0 MB (0.0 MB/s)"
+
+
+def test_every_variant_is_upstreams_with_its_release_url() -> None:
+    """The variants and release URLs are upstream's own (dreamsim/config.py), and the
+    predictor's MODEL_TYPE setting accepts exactly these."""
+    import typing
+
+    from dreamsim.config import dreamsim_args, dreamsim_weights
+
+    from predictor.settings import PredictorSettings
+
+    assert set(VARIANTS) == set(dreamsim_args["model_config"]) == set(dreamsim_weights)
+    for name, variant in VARIANTS.items():
+        assert variant.release_zip_url == dreamsim_weights[name], name
+        assert sources(variant).release_url == dreamsim_weights[name]
+    annotation = PredictorSettings.model_fields["model_type"].annotation
+    assert set(typing.get_args(annotation)) == set(VARIANTS)
