@@ -68,11 +68,12 @@ kubectl --context "$CTX" -n ingress-nginx wait --for=condition=Ready pod \
     --selector=app.kubernetes.io/component=controller --timeout=300s
 
 step "KServe $KSERVE_VERSION in Standard mode"
-# Ref: kserve.github.io/website/docs/install/kserve-install (Helm method).
-"$HELM" --kube-context "$CTX" install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd \
-    --version "$KSERVE_VERSION" --namespace kserve --create-namespace --wait
-"$HELM" --kube-context "$CTX" install kserve oci://ghcr.io/kserve/charts/kserve \
-    --version "$KSERVE_VERSION" --namespace kserve --wait --timeout 10m \
+# The charts are kserve-crd and kserve-resources (the single `kserve` chart was split in 0.17);
+# the same lines as docs/deploy.md (tests/deploy/test_kserve_defects.py keeps them equal).
+"$HELM" --kube-context "$CTX" install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "$KSERVE_VERSION" \
+    --namespace kserve --create-namespace --wait
+"$HELM" --kube-context "$CTX" install kserve oci://ghcr.io/kserve/charts/kserve-resources --version "$KSERVE_VERSION" \
+    --namespace kserve --wait --timeout 10m \
     --set kserve.controller.deploymentMode=Standard \
     --set kserve.controller.gateway.ingressGateway.className=nginx \
     --set kserve.controller.gateway.ingressGateway.enableGatewayApi=false

@@ -26,8 +26,8 @@ KUSTOMIZE_FILES = {"kustomization.yaml", "kustomizeconfig.yaml"}
 RELEASE = "image-similarity"
 NAMESPACE = "image-similarity"
 
-# Value sets the chart must render, lint and validate with (issue 3): GPU count 0/1/2,
-# Ingress vs HTTPRoute, PVC vs storageUri, autoscaling.
+# Value sets the chart must render, lint and validate with (issues 3 and 9): GPU count 0/1/2,
+# Ingress vs HTTPRoute, PVC vs existing claim vs storageUri, HPA vs KEDA, monitors, budgets.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "cpu": {"predictor": {"gpu": {"count": 0}}},
@@ -54,9 +54,29 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "existing-claim": {"weights": {"source": "existingClaim", "existingClaim": "dreamsim-weights"}},
     "storage-uri": {"weights": {"source": "storageUri", "storageUri": "gs://models/dreamsim"}},
     "autoscaling": {
-        "predictor": {"minReplicas": 1, "maxReplicas": 4, "scaleMetric": "cpu", "scaleTarget": 70},
-        "transformer": {"minReplicas": 2, "maxReplicas": 8, "scaleMetric": "cpu",
-                        "scaleTarget": 60},
+        "predictor": {"minReplicas": 1, "maxReplicas": 4,
+                      "autoscaling": {"class": "hpa", "metric": "cpu", "target": 70}},
+        "transformer": {"minReplicas": 2, "maxReplicas": 8,
+                        "autoscaling": {"metric": "memory", "target": 60}},
+    },
+    # KEDA on our own Prometheus metrics for both components, monitors and budgets on.
+    "keda": {
+        "predictor": {"minReplicas": 1, "maxReplicas": 4, "autoscaling": {"class": "keda"}},
+        "transformer": {"minReplicas": 2, "maxReplicas": 6, "autoscaling": {
+            "class": "keda", "keda": {"authenticationRef": "prometheus-auth",
+                                      "threshold": "2.5"}}},
+        "monitoring": {"kind": "podMonitor", "labels": {"release": "kube-prometheus-stack"}},
+        "podDisruptionBudget": {"enabled": True},
+    },
+    "servicemonitor": {"monitoring": {"kind": "serviceMonitor"},
+                       "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}},
+    # Zero-downtime predictor upgrades where a second GPU and RWX storage exist.
+    "rolling-rwx": {
+        "predictor": {"minReplicas": 2, "maxReplicas": 2, "deploymentStrategy": {
+            "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}},
+        "weights": {"pvc": {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs"},
+                    "fetch": {"extraEnv": [{"name": "HTTPS_PROXY",
+                                            "value": "http://proxy.internal:3128"}]}},
     },
     "ensemble-no-route": {
         "route": {"kind": "none"},

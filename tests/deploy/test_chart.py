@@ -32,15 +32,14 @@ def test_helm_lint(name: str) -> None:
 
 def test_default_render() -> None:
     objs = render()
-    assert kinds(objs) == ["InferenceService", "Ingress", "Job", "NetworkPolicy", "NetworkPolicy",
-                           "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim", "Pod",
-                           "ServiceAccount"]
+    assert kinds(objs) == ["InferenceService", "Ingress", "NetworkPolicy", "NetworkPolicy",
+                           "NetworkPolicy", "PersistentVolumeClaim", "Pod", "ServiceAccount"]
     isvc = one(objs, "InferenceService")
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     pred, tr = container(isvc, "predictor"), container(isvc, "transformer")
     assert pred["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert env_of(pred)["DEVICE"] == "cuda"
-    assert env_of(pred)["STORAGE_URI"] == "pvc://image-similarity-weights/dreamsim"
+    assert "STORAGE_URI" not in env_of(pred), "the pod mounts the PVC itself"
     assert env_of(pred)["MODEL_CACHE_DIR"] == "/mnt/models"
     # The first port is what the <name>-predictor Service exposes on 80: the gRPC one.
     assert pred["ports"][0] == {"name": "h2c", "containerPort": 8081, "protocol": "TCP"}
@@ -57,10 +56,8 @@ def test_default_render() -> None:
         "dreamsim")
     assert "--workers" not in tr["args"]
     assert "containerConcurrency" not in isvc["spec"]["transformer"]
-    job = one(objs, "Job")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
-        "python", "-m", "predictor.weights"]
+    (fetch,) = isvc["spec"]["predictor"]["initContainers"]
+    assert fetch["command"] == ["python", "-m", "predictor.weights"]
     pvc = one(objs, "PersistentVolumeClaim")
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert pvc["metadata"]["name"] == "image-similarity-weights"
@@ -102,7 +99,8 @@ def test_httproute() -> None:
         assert rewrite["urlRewrite"]["path"]["replaceFullPath"] == match["path"]["value"][
             len("/dreamsim"):]
         assert rule["backendRefs"] == [{"name": "image-similarity-transformer", "port": 80}]
-    assert seen == {("POST", "/dreamsim/similarity"), ("GET", "/dreamsim/health")}
+    assert seen == {("POST", "/dreamsim/similarity"), ("POST", "/dreamsim/embed"),
+                    ("GET", "/dreamsim/health")}
 
 
 def test_ingress_tls() -> None:
@@ -111,33 +109,30 @@ def test_ingress_tls() -> None:
                                    "hosts": ["similarity.example.com"]}]
     (rule,) = ing["spec"]["rules"]
     assert rule["host"] == "similarity.example.com"
-    assert {p["path"] for p in rule["http"]["paths"]} == {"/similarity", "/health"}
+    assert {p["path"] for p in rule["http"]["paths"]} == {"/similarity", "/embed", "/health"}
     assert all(p["backend"]["service"] == {"name": "image-similarity-transformer",
                                            "port": {"number": 80}}
                for p in rule["http"]["paths"])
 
 
-@pytest.mark.parametrize(("name", "uri"), [
-    ("existing-claim", "pvc://dreamsim-weights/dreamsim"),
-    ("storage-uri", "gs://models/dreamsim"),
-])
-def test_weights_sources(name: str, uri: str) -> None:
-    objs = render(VALUE_SETS[name])
-    assert "Job" not in kinds(objs) and "PersistentVolumeClaim" not in kinds(objs)
-    pred = container(one(objs, "InferenceService"), "predictor")
-    assert env_of(pred)["STORAGE_URI"] == uri
+def test_weights_existing_claim() -> None:
+    objs = render(VALUE_SETS["existing-claim"])
+    assert "PersistentVolumeClaim" not in kinds(objs), "the user's claim, not a new one"
+    isvc = one(objs, "InferenceService")
+    assert {"name": "weights", "persistentVolumeClaim": {"claimName": "dreamsim-weights"}} in (
+        isvc["spec"]["predictor"]["volumes"])
+    assert "STORAGE_URI" not in env_of(container(isvc, "predictor"))
 
 
-def test_autoscaling() -> None:
-    spec = one(render(VALUE_SETS["autoscaling"]), "InferenceService")["spec"]
-    assert {k: spec["predictor"][k] for k in ("minReplicas", "maxReplicas", "scaleMetric",
-                                              "scaleTarget")} == {
-        "minReplicas": 1, "maxReplicas": 4, "scaleMetric": "cpu", "scaleTarget": 70}
-    assert {k: spec["transformer"][k] for k in ("minReplicas", "maxReplicas", "scaleMetric",
-                                                "scaleTarget")} == {
-        "minReplicas": 2, "maxReplicas": 8, "scaleMetric": "cpu", "scaleTarget": 60}
-    default = one(render(), "InferenceService")["spec"]
-    assert "scaleMetric" not in default["predictor"]
+def test_weights_storage_uri() -> None:
+    objs = render(VALUE_SETS["storage-uri"])
+    assert "PersistentVolumeClaim" not in kinds(objs)
+    isvc = one(objs, "InferenceService")
+    pred = container(isvc, "predictor")
+    # KServe's storage initializer downloads it to /mnt/models: no volume, no init container.
+    assert env_of(pred)["STORAGE_URI"] == "gs://models/dreamsim"
+    assert "initContainers" not in isvc["spec"]["predictor"]
+    assert [v["name"] for v in isvc["spec"]["predictor"]["volumes"]] == ["tmp"]
 
 
 def test_settings_and_extras() -> None:
@@ -154,9 +149,9 @@ def test_settings_and_extras() -> None:
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "default"
     assert {"key": "dedicated", "operator": "Equal", "value": "ml",
             "effect": "NoSchedule"} in isvc["spec"]["predictor"]["tolerations"]
-    job = one(render({"predictor": {"modelType": "ensemble"}}), "Job")
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
-        "--model-type", "ensemble"]
+    (fetch,) = one(render({"predictor": {"modelType": "ensemble"}}), "InferenceService")[
+        "spec"]["predictor"]["initContainers"]
+    assert fetch["args"][:2] == ["--model-type", "ensemble"]
 
 
 BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
@@ -170,7 +165,29 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "existing-claim-missing": ({"weights": {"source": "existingClaim"}}, "existingClaim"),
     "bad-storage-uri": ({"weights": {"source": "storageUri", "storageUri": "ftp://x"}},
                         "storageUri"),
-    "scale-metric": ({"predictor": {"scaleMetric": "gpu"}}, "scaleMetric"),
+    # Issue 9 defect 8: Knative's metrics do nothing in Standard mode; the old keys are gone.
+    "scale-metric-gpu": ({"predictor": {"autoscaling": {"class": "hpa", "metric": "gpu"}}},
+                         "metric"),
+    "scale-metric-concurrency": (
+        {"transformer": {"autoscaling": {"class": "hpa", "metric": "concurrency"}}}, "metric"),
+    "scale-metric-rps": ({"predictor": {"autoscaling": {"metric": "rps"}}}, "metric"),
+    "old-scale-metric-key": ({"predictor": {"scaleMetric": "cpu"}}, "scaleMetric"),
+    "autoscaler-class": ({"predictor": {"autoscaling": {"class": "kpa"}}}, "class"),
+    "none-with-range": ({"transformer": {"maxReplicas": 3, "autoscaling": {"class": "none"}}},
+                        "autoscaling.class none"),
+    "keda-bad-threshold": ({"predictor": {"autoscaling": {"keda": {"threshold": "lots"}}}},
+                           "threshold"),
+    # Defect 5: the hook Job is gone, and its value with it.
+    "old-pvc-job-source": ({"weights": {"source": "pvcJob"}}, "source"),
+    "old-job-key": ({"weights": {"job": {"backoffLimit": 1}}}, "job"),
+    # Defect 6: only the two Kubernetes strategies, no rollingUpdate with Recreate.
+    "bad-strategy": ({"predictor": {"deploymentStrategy": {"type": "BlueGreen"}}}, "type"),
+    "recreate-with-rolling": ({"predictor": {"deploymentStrategy": {
+        "type": "Recreate", "rollingUpdate": {"maxSurge": 1}}}}, "deploymentStrategy"),
+    "pdb-blocks-drains": ({"podDisruptionBudget": {"enabled": True, "maxUnavailable": 0}},
+                          "maxUnavailable"),
+    "monitoring-kind": ({"monitoring": {"kind": "prometheus"}}, "kind"),
+    "long-fullname": ({"fullnameOverride": "a" * 47}, "fullnameOverride"),
     "pairs-as-string": ({"settings": {"maxPairsPerRequest": "many"}}, "maxPairsPerRequest"),
     "tls-without-secret": ({"route": {"tls": {"enabled": True}}}, "secretName"),
     "zero-replicas": ({"transformer": {"minReplicas": 0}}, "minReplicas"),
@@ -188,7 +205,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 # JSON schema cannot compare two values: the template checks these with `fail`.
-CHECKED_BY_TEMPLATE = {"max-below-min"}
+CHECKED_BY_TEMPLATE = {"max-below-min", "none-with-range"}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))

@@ -145,7 +145,29 @@ def test_similarity_through_route(service: str) -> None:
 
 
 def test_only_public_routes_exposed(service: str) -> None:
-    assert httpx.get(service + "/v2/models/dreamsim", timeout=10).status_code == 404
+    """KServe's generic routes of the transformer stay inside the cluster (issue 9, 2)."""
+    for method, path in [("GET", "/v2/models/dreamsim"), ("POST", "/v2/models/dreamsim/infer"),
+                         ("POST", "/v1/models/dreamsim:predict"), ("GET", "/docs"),
+                         ("GET", "/openapi.json"), ("GET", "/metrics"), ("GET", "/")]:
+        r = httpx.request(method, service + path, timeout=10, json={} if method == "POST" else None)
+        assert r.status_code == 404, (method, path, r.status_code)
+
+
+def test_kserve_made_no_route_of_its_own(service: str) -> None:
+    """cluster-local label: the only Ingress is the chart's <name>-public (issue 9, 1)."""
+    names = kubectl("-n", NAMESPACE, "get", "ingress", "-o", "name").split()
+    assert names == [f"ingress.networking.k8s.io/{RELEASE}-image-similarity-service-public"]
+
+
+def test_no_hpa_and_predictor_recreates(service: str) -> None:
+    """min == max: autoscalerClass none, no HPA; predictor strategy Recreate (issue 9, 6, 8)."""
+    assert kubectl("-n", NAMESPACE, "get", "hpa", "-o", "name").strip() == ""
+    name = f"{RELEASE}-image-similarity-service-predictor"
+    strategy = kubectl("-n", NAMESPACE, "get", "deployment", name, "-o",
+                       "jsonpath={.spec.strategy.type}")
+    assert strategy == "Recreate"
+    logs = kubectl("-n", NAMESPACE, "logs", f"deployment/{name}", "-c", "fetch-weights")
+    assert "already present" in logs, logs
 
 
 def test_helm_test_pod(service: str) -> None:
@@ -195,3 +217,32 @@ def test_networkpolicy_only_transformer_reaches_predictor(service: str) -> None:
     assert result["predictor"] != "open", (
         f"{result}: the predictor is reachable from a pod that is not the transformer "
         "(is NetworkPolicy enforced? kind >= v0.24 with kindnet does)")
+
+
+def test_upgrade_and_rollback(service: str) -> None:
+    """`helm upgrade` rolls the predictor on one node without a hook, `helm rollback` back.
+
+    Runs last: it restarts both components (issue 9, 5 and 6: the old pre-upgrade Job met a
+    Multi-Attach error against the running predictor on every upgrade).
+    """
+    isvc = f"inferenceservice/{RELEASE}-image-similarity-service"
+    context = ("--kube-context", f"kind-{CLUSTER}", "--namespace", NAMESPACE)
+    helm("upgrade", RELEASE, str(CHART), *context, "-f", str(VALUES), "--set",
+         "predictor.podAnnotations.revision=two", "--set",
+         "transformer.podAnnotations.revision=two", "--timeout", "10m")
+    time.sleep(5)  # let KServe see the new generation before waiting for Ready
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", isvc, "--timeout=900s",
+            timeout=960)
+    helm("rollback", RELEASE, "1", *context, "--timeout", "10m")
+    time.sleep(5)
+    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", isvc, "--timeout=900s",
+            timeout=960)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(service + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise AssertionError("the service did not come back after the rollback")

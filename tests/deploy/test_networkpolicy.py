@@ -27,7 +27,8 @@ KSERVE_TRANSFORMER = {"serving.kserve.io/inferenceservice": "image-similarity",
 KUBE_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
 DNS_PORTS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
-COMPONENT_PORTS = [{"port": 8081, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}]
+# The transformer calls the predictor over gRPC only (issue 9 defect 10: 8080 was open too).
+GRPC_PORT = [{"port": 8081, "protocol": "TCP"}]
 
 
 def policies(values: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
@@ -58,36 +59,31 @@ def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 def test_default_policies() -> None:
     nps = policies()
-    assert sorted(nps) == ["predictor", "test", "transformer", "weights"]
+    assert sorted(nps) == ["predictor", "test", "transformer"]
     for np in nps.values():
         assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
         kubernetes_validate.validate(np, "1.32.0", strict=True)
 
     pred = nps["predictor"]["spec"]
     assert pred["podSelector"] == {"matchLabels": KSERVE_PREDICTOR}
-    # Ingress: the transformer only, on gRPC and HTTP.
+    # Ingress: the transformer only, on the gRPC port only.
     assert pred["ingress"] == [{"from": [{"podSelector": {"matchLabels": KSERVE_TRANSFORMER}}],
-                                "ports": COMPONENT_PORTS}]
-    # Egress: DNS only (the weights come from a PVC mount).
-    assert pred["egress"] == [{"to": [KUBE_DNS], "ports": DNS_PORTS}]
+                                "ports": GRPC_PORT}]
+    # Egress: DNS, and HTTPS to public addresses for the init container filling the PVC.
+    dns, https = pred["egress"]
+    assert dns == {"to": [KUBE_DNS], "ports": DNS_PORTS}
+    assert ports_of(https) == {(443, "TCP")}
+    assert ip_blocks(https) == [{"cidr": "0.0.0.0/0", "except": BLOCKED_V4}]
 
     tr = nps["transformer"]["spec"]
     assert tr["podSelector"] == {"matchLabels": KSERVE_TRANSFORMER}
     assert tr["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}], "from anywhere"
     to_pred, dns, web = tr["egress"]
     assert to_pred == {"to": [{"podSelector": {"matchLabels": KSERVE_PREDICTOR}}],
-                       "ports": COMPONENT_PORTS}
+                       "ports": GRPC_PORT}
     assert dns == {"to": [KUBE_DNS], "ports": DNS_PORTS}
     assert ports_of(web) == {(80, "TCP"), (443, "TCP")}
     assert web["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": BLOCKED_V4}}]
-
-    job = nps["weights"]
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert "ingress" not in job["spec"], "no ingress at all"
-    dns, https = job["spec"]["egress"]
-    assert dns == {"to": [KUBE_DNS], "ports": DNS_PORTS}
-    assert ports_of(https) == {(443, "TCP")}
-    assert ip_blocks(https) == [{"cidr": "0.0.0.0/0", "except": BLOCKED_V4}]
 
     test = nps["test"]
     assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -117,8 +113,6 @@ def test_selectors_select_the_pods() -> None:
     isvc = next(o for o in objs if o["kind"] == "InferenceService")
     pods = {d["metadata"]["name"].removeprefix("image-similarity-"):
             d["spec"]["template"]["metadata"]["labels"] for d in as_deployments(isvc)}
-    job = next(o for o in objs if o["kind"] == "Job")
-    pods["weights"] = job["spec"]["template"]["metadata"]["labels"]
     pods["test"] = next(o for o in objs if o["kind"] == "Pod")["metadata"]["labels"]
     for name, labels in pods.items():
         selected = [n for n, np in nps.items() if matches(np["spec"]["podSelector"], labels)]
@@ -136,7 +130,7 @@ def test_url_egress_off() -> None:
     assert not any(ip_blocks(r) for r in tr["spec"]["egress"])
     # Still reaches the predictor and the DNS.
     assert [ports_of(r) for r in tr["spec"]["egress"]] == [
-        {(8081, "TCP"), (8080, "TCP")}, {(53, "UDP"), (53, "TCP")}]
+        {(8081, "TCP")}, {(53, "UDP"), (53, "TCP")}]
 
 
 def test_custom_options() -> None:
@@ -186,7 +180,17 @@ def test_storage_download_egress(uri: str, downloads: bool) -> None:
         assert ip_blocks(rule) == [{"cidr": "0.0.0.0/0", "except": BLOCKED_V4}]
     else:
         assert not rules
-    assert "weights" not in policies({"weights": {"source": "storageUri", "storageUri": uri}})
+
+
+@pytest.mark.parametrize(("weights", "downloads"), [
+    ({"source": "pvc"}, True),
+    ({"source": "existingClaim", "existingClaim": "w"}, True),
+    ({"source": "existingClaim", "existingClaim": "w", "fetch": {"enabled": False}}, False),
+    ({"source": "pvc", "fetch": {"enabled": False}}, False),
+])
+def test_init_container_egress(weights: dict[str, Any], downloads: bool) -> None:
+    """HTTPS out of the predictor pod exactly when its init container fetches the weights."""
+    assert bool(web_rules(policies({"weights": weights})["predictor"])) is downloads
 
 
 def test_pod_labels_override() -> None:
@@ -204,11 +208,8 @@ def test_manifests_have_the_same_policies() -> None:
     (isvc,) = [o for _, o in manifest_objects() if o["kind"] == "InferenceService"]
     nps = {o["metadata"]["name"]: o for _, o in manifest_objects()
            if o["kind"] == "NetworkPolicy"}
-    assert sorted(nps) == ["image-similarity-predictor", "image-similarity-transformer",
-                           "image-similarity-weights"]
+    assert sorted(nps) == ["image-similarity-predictor", "image-similarity-transformer"]
     name = isvc["metadata"]["name"]
     sel = nps["image-similarity-predictor"]["spec"]["podSelector"]["matchLabels"]
     assert sel["serving.kserve.io/inferenceservice"] == name
-    (job,) = [o for _, o in manifest_objects() if o["kind"] == "Job"]
-    assert matches(nps["image-similarity-weights"]["spec"]["podSelector"],
-                   job["spec"]["template"]["metadata"]["labels"])
+    assert nps["image-similarity-predictor"]["spec"]["ingress"][0]["ports"] == GRPC_PORT

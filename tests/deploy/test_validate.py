@@ -36,7 +36,7 @@ KUBERNETES_VERSION = os.environ.get("KUBERNETES_VERSION", "1.32.0")
 CRD_PATH = Path(os.environ.get(
     "KSERVE_CRD_PATH", REPO_ROOT.parent / "shared" / "kserve" /
     "serving.kserve.io_inferenceservices.yaml"))
-CRD_KINDS = {"InferenceService", "HTTPRoute"}
+CRD_KINDS = {"InferenceService", "HTTPRoute", "ScaledObject", "PodMonitor", "ServiceMonitor"}
 
 
 def _strict(schema: Any) -> Any:
@@ -98,12 +98,53 @@ def check_httproute(obj: dict[str, Any]) -> None:
         assert set(rule.get("timeouts", {})) <= {"request", "backendRequest"}
 
 
+def _check_meta(obj: dict[str, Any], api_version: str) -> dict[str, Any]:
+    assert obj["apiVersion"] == api_version, obj["apiVersion"]
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(obj["metadata"]) <= {"name", "namespace", "labels", "annotations"}
+    return obj["spec"]
+
+
+def check_scaledobject(obj: dict[str, Any]) -> None:
+    """KEDA v2 ScaledObject shape (no schema offline): the fields this chart uses."""
+    spec = _check_meta(obj, "keda.sh/v1alpha1")
+    assert set(spec) <= {"scaleTargetRef", "minReplicaCount", "maxReplicaCount",
+                         "pollingInterval", "cooldownPeriod", "triggers", "advanced"}, spec
+    assert set(spec["scaleTargetRef"]) == {"apiVersion", "kind", "name"}
+    assert spec["scaleTargetRef"]["kind"] == "Deployment"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    for key in ("pollingInterval", "cooldownPeriod"):
+        assert isinstance(spec[key], int) and spec[key] >= 0, key
+    for trig in spec["triggers"]:
+        assert set(trig) <= {"type", "metricType", "metadata", "authenticationRef", "name"}
+        assert trig["type"] == "prometheus" and trig["metricType"] == "AverageValue"
+        # KEDA's trigger metadata is a map of strings.
+        assert all(isinstance(v, str) for v in trig["metadata"].values()), trig["metadata"]
+        assert {"serverAddress", "query", "threshold"} <= set(trig["metadata"])
+        float(trig["metadata"]["threshold"])
+
+
+def check_monitor(obj: dict[str, Any]) -> None:
+    """Prometheus Operator PodMonitor / ServiceMonitor shape (no schema offline)."""
+    spec = _check_meta(obj, "monitoring.coreos.com/v1")
+    endpoints = "podMetricsEndpoints" if obj["kind"] == "PodMonitor" else "endpoints"
+    assert set(spec) == {"selector", endpoints}, spec
+    assert set(spec["selector"]) <= {"matchLabels", "matchExpressions"}
+    for e in spec[endpoints]:
+        assert set(e) <= {"port", "path", "interval", "scheme"}
+        assert e["path"].startswith("/") and isinstance(e["port"], str)
+
+
 def validate(obj: dict[str, Any], validator_factory: Any) -> None:
     kind = obj["kind"]
     if kind == "InferenceService":
         validate_isvc(obj, validator_factory())
     elif kind == "HTTPRoute":
         check_httproute(obj)
+    elif kind == "ScaledObject":
+        check_scaledobject(obj)
+    elif kind in {"PodMonitor", "ServiceMonitor"}:
+        check_monitor(obj)
     else:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -141,9 +182,9 @@ def test_strict_validation_catches_unknown_fields(isvc_validator: jsonschema.Dra
     bad["spec"]["predictor"]["replicas"] = 2
     with pytest.raises(AssertionError, match="replicas"):
         validate_isvc(bad, isvc_validator)
-    (job,) = [o for p, o in manifest_objects() if o["kind"] == "Job"]
-    bad = copy.deepcopy(job)
-    bad["spec"]["template"]["spec"]["containers"][0]["cmd"] = ["x"]
+    (ing,) = [o for p, o in manifest_objects() if o["kind"] == "Ingress"]
+    bad = copy.deepcopy(ing)
+    bad["spec"]["rules"][0]["http"]["paths"][0]["pathtype"] = "Exact"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
 
@@ -163,8 +204,7 @@ def test_kustomization_builds_everything() -> None:
                          text=True, check=True, timeout=60).stdout
     objs = [d for d in yaml.safe_load_all(out) if d]
     assert sorted(o["kind"] for o in objs) == [
-        "InferenceService", "Ingress", "Job", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
-        "PersistentVolumeClaim"]
+        "InferenceService", "Ingress", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim"]
 
 
 def test_yamllint() -> None:

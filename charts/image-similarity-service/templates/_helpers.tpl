@@ -5,17 +5,19 @@
 
 {{/*
 Full name: the InferenceService name. KServe appends -predictor / -transformer to it for
-Deployments and Services, so it is kept to 45 characters to leave room.
+Deployments and Services and labels the pods app: isvc.<name>-transformer (a label value,
+63 characters at most), so a generated name is cut to 46 characters; an explicit
+fullnameOverride is never cut (image-similarity.validate rejects one that is too long).
 */}}
 {{- define "image-similarity.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- .Values.fullnameOverride }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- .Release.Name | trunc 46 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 46 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -56,20 +58,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
 {{- end }}
 
-{{/* The weights PVC created by the chart (source pvcJob). */}}
+{{/* The weights PVC created by the chart (source pvc). */}}
 {{- define "image-similarity.weightsClaim" -}}
 {{- printf "%s-weights" (include "image-similarity.fullname" .) }}
 {{- end }}
 
-{{/* STORAGE_URI of the predictor, from weights.source. */}}
-{{- define "image-similarity.storageUri" -}}
+{{/*
+The PVC the predictor pod mounts itself (sources pvc and existingClaim); empty for
+storageUri, where KServe's storage initializer fills /mnt/models from STORAGE_URI.
+*/}}
+{{- define "image-similarity.podClaim" -}}
 {{- $w := .Values.weights }}
-{{- if eq $w.source "storageUri" }}
-{{- required "weights.storageUri is required when weights.source is storageUri" $w.storageUri }}
-{{- else if eq $w.source "existingClaim" }}
-{{- printf "pvc://%s/%s" (required "weights.existingClaim is required when weights.source is existingClaim" $w.existingClaim) $w.subPath }}
-{{- else }}
-{{- printf "pvc://%s/%s" (include "image-similarity.weightsClaim" .) $w.subPath }}
+{{- if eq $w.source "existingClaim" }}
+{{- required "weights.existingClaim is required when weights.source is existingClaim" $w.existingClaim }}
+{{- else if eq $w.source "pvc" }}
+{{- include "image-similarity.weightsClaim" . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the predictor pod's init container fills the weights PVC. */}}
+{{- define "image-similarity.fetchInPod" -}}
+{{- if and (include "image-similarity.podClaim" .) .Values.weights.fetch.enabled }}
+{{- "true" }}
 {{- end }}
 {{- end }}
 
@@ -84,10 +94,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/*
+The public API of the transformer (API.md), the only paths the Ingress or HTTPRoute
+exposes: [method, path] pairs.
+*/}}
+{{- define "image-similarity.publicRoutes" -}}
+- [POST, /similarity]
+- [POST, /embed]
+- [GET, /health]
+{{- end }}
+
 {{/* Path of a public route under route.pathPrefix: call with (list $ "/similarity"). */}}
 {{- define "image-similarity.routePath" -}}
 {{- $root := index . 0 }}
 {{- printf "%s%s" (trimSuffix "/" $root.Values.route.pathPrefix) (index . 1) }}
+{{- end }}
+
+{{/*
+Name of the chart's Ingress or HTTPRoute: never the InferenceService name (KServe's ingress
+reconciler owns and overwrites the Ingress/HTTPRoute of that name) nor <name>-predictor,
+-transformer or -explainer (its per-component HTTPRoutes).
+*/}}
+{{- define "image-similarity.routeName" -}}
+{{- printf "%s-public" (include "image-similarity.fullname" .) }}
 {{- end }}
 
 {{/* The in-cluster URL of the transformer (KServe Standard mode Service, port 80). */}}
@@ -114,12 +143,61 @@ component: {{ $component }}
 {{- end }}
 
 {{/*
-"true" when KServe's storage initializer downloads the weights into the predictor pod (an
-object store or web URI); pvc:// is mounted, oci:// is pulled by the kubelet, a path is local.
+"true" when something in the predictor pod downloads the weights: the init container filling
+the PVC, or KServe's storage initializer for an object store or web URI (pvc:// is mounted,
+oci:// is pulled by the kubelet, a path is local).
 */}}
 {{- define "image-similarity.storageDownloads" -}}
-{{- if and (eq .Values.weights.source "storageUri") (regexMatch "^(s3|gs|https?|hf|hdfs|webhdfs)://" .Values.weights.storageUri) }}
+{{- if include "image-similarity.fetchInPod" . }}
 {{- "true" }}
+{{- else if and (eq .Values.weights.source "storageUri") (regexMatch "^(s3|gs|https?|hf|hdfs|webhdfs)://" .Values.weights.storageUri) }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+KServe's autoscaler class for a component (annotation serving.kserve.io/autoscalerClass):
+call with the component's values. auto: none when minReplicas == maxReplicas (KServe 0.21
+creates an HPA for every component whose class is hpa, the default, even when min == max),
+else hpa; keda: external (the chart's ScaledObject owns the replicas; KServe creates no HPA).
+*/}}
+{{- define "image-similarity.autoscalerClass" -}}
+{{- $class := .autoscaling.class }}
+{{- if eq $class "auto" }}
+{{- if eq (int .minReplicas) (int .maxReplicas) }}none{{ else }}hpa{{ end }}
+{{- else if eq $class "keda" }}
+{{- "external" }}
+{{- else }}
+{{- $class }}
+{{- end }}
+{{- end }}
+
+{{/*
+Render-time checks of what KServe 0.21 would refuse later, with a message that says what to
+change (the JSON schema cannot compare values or measure derived names).
+*/}}
+{{- define "image-similarity.validate" -}}
+{{- $name := include "image-similarity.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- range $component := list "predictor" "transformer" }}
+{{- $c := index $.Values $component }}
+{{- if lt (int $c.maxReplicas) (int $c.minReplicas) }}
+{{- fail (printf "%s.maxReplicas must be >= %s.minReplicas" $component $component) }}
+{{- end }}
+{{- if and (eq $c.autoscaling.class "none") (ne (int $c.minReplicas) (int $c.maxReplicas)) }}
+{{- fail (printf "%s.autoscaling.class none keeps %s at minReplicas: set maxReplicas equal to minReplicas (%d), or pick hpa or keda" $component $component (int $c.minReplicas)) }}
+{{- end }}
+{{- end }}
+{{- /* KServe labels the pods app: isvc.<name>-transformer, a label value of 63 at most. */}}
+{{- $app := printf "isvc.%s-transformer" $name }}
+{{- if gt (len $app) 63 }}
+{{- fail (printf "InferenceService name %q is %d characters; KServe labels its pods app: %s (%d characters, a label value allows 63): set fullnameOverride to 46 characters or fewer" $name (len $name) $app (len $app)) }}
+{{- end }}
+{{- if .Values.kserve.checkHostNames }}
+{{- $host := printf "%s-transformer-%s" $name $ns }}
+{{- if gt (len $host) 63 }}
+{{- fail (printf "KServe would refuse this InferenceService: its host name label %q is %d characters, a DNS label allows 63 (KServe's default domainTemplate <name>-<component>-<namespace>). Shorten the name with fullnameOverride (at most %d characters in namespace %q, now %q) or use a shorter namespace; set kserve.checkHostNames=false only if your domainTemplate has no namespace" $host (len $host) (sub 63 (add 13 (len $ns))) $ns $name) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -140,4 +218,33 @@ object store or web URI); pvc:// is mounted, oci:// is pulled by the kubelet, a 
 - ipBlock:
     {{- toYaml . | nindent 4 }}
 {{- end }}
+{{- end }}
+
+{{/*
+Replica and rollout fields of a component spec (KServe ComponentExtensionSpec): call with
+the component's values. scaleMetric/scaleTarget only for an HPA; KServe ignores them for
+the other classes.
+*/}}
+{{- define "image-similarity.componentScaling" -}}
+minReplicas: {{ .minReplicas }}
+maxReplicas: {{ .maxReplicas }}
+{{- if eq (include "image-similarity.autoscalerClass" .) "hpa" }}
+scaleMetric: {{ .autoscaling.metric }}
+{{- if .autoscaling.target }}
+scaleTarget: {{ .autoscaling.target }}
+{{- end }}
+{{- end }}
+{{- with .deploymentStrategy }}
+deploymentStrategy:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Annotations of a component (KServe puts them on its Deployment and pods): the pod
+annotations, then the autoscaler class, which KServe reads per component.
+*/}}
+{{- define "image-similarity.componentAnnotations" -}}
+{{- $class := dict "serving.kserve.io/autoscalerClass" (include "image-similarity.autoscalerClass" .) }}
+{{- toYaml (merge $class (deepCopy (default (dict) .podAnnotations))) }}
 {{- end }}
