@@ -51,7 +51,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "route": {"kind": "ingress", "host": "similarity.example.com",
                   "tls": {"enabled": True, "secretName": "similarity-tls"}},
     },
-    "existing-claim": {"weights": {"source": "existingClaim", "existingClaim": "dreamsim-weights"}},
+    "existing-claim": {"weights": {"source": "existingClaim", "existingClaim": "dreamsim-weights",
+                                   "fetch": {"baseUrl": "http://weights.ml-infra.svc/dreamsim"}}},
     "storage-uri": {"weights": {"source": "storageUri", "storageUri": "gs://models/dreamsim"}},
     "autoscaling": {
         "predictor": {"minReplicas": 1, "maxReplicas": 4,

@@ -122,6 +122,8 @@ def test_weights_existing_claim() -> None:
     assert {"name": "weights", "persistentVolumeClaim": {"claimName": "dreamsim-weights"}} in (
         isvc["spec"]["predictor"]["volumes"])
     assert "STORAGE_URI" not in env_of(container(isvc, "predictor"))
+    (fetch,) = isvc["spec"]["predictor"]["initContainers"]
+    assert env_of(fetch)["WEIGHTS_BASE_URL"] == "http://weights.ml-infra.svc/dreamsim"
 
 
 def test_weights_storage_uri() -> None:
@@ -165,6 +167,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "existing-claim-missing": ({"weights": {"source": "existingClaim"}}, "existingClaim"),
     "bad-storage-uri": ({"weights": {"source": "storageUri", "storageUri": "ftp://x"}},
                         "storageUri"),
+    "bad-mirror": ({"weights": {"fetch": {"baseUrl": "weights.internal"}}}, "baseUrl"),
     # Issue 9 defect 8: Knative's metrics do nothing in Standard mode; the old keys are gone.
     "scale-metric-gpu": ({"predictor": {"autoscaling": {"class": "hpa", "metric": "gpu"}}},
                          "metric"),

@@ -244,6 +244,7 @@ def test_predictor_pod_fills_its_own_volume() -> None:
         pred_spec["tolerations"])
     assert not any("gpu" in k for k in init["resources"].get("limits", {}))
     assert init["image"] == pred["image"]
+    assert "WEIGHTS_BASE_URL" not in env_of(init), "upstream's URLs unless a mirror is set"
     assert init["securityContext"] == pred["securityContext"]
     # It writes the claim the predictor reads, at the folder the predictor reads.
     pvc = one(objs, "PersistentVolumeClaim")
