@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from kserve import model_server as kserve_model_server
 from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
 from kserve.errors import InvalidInput
 
+from service_common import logs
 from service_common.cpus import fast_bf16_flags
 
 from .batching import MicroBatcher
@@ -31,7 +33,6 @@ from .model import LoadedModel, load_model
 from .settings import PredictorSettings
 from .threads import configure_torch_threads
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("predictor")
 
 MODEL_NAME = "dreamsim"
@@ -111,6 +112,7 @@ class DreamSimPredictor(Model):
                       response_headers: dict[str, str] | None = None) -> InferResponse:
         """Embed a batch of images (chunked at BATCH_SIZE_LIMIT)."""
         assert self.loaded is not None, "predict before load"
+        started = time.perf_counter()
         images = self._images(payload)
         if images.shape[0] == 0:
             embeddings = np.zeros((0, self.loaded.embedder.embedding_dim), dtype=np.float32)
@@ -121,6 +123,10 @@ class DreamSimPredictor(Model):
         binary = bool(payload.from_grpc or payload.use_binary_outputs)
         output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape), datatype="FP32")
         output.set_data_from_numpy(embeddings, binary_data=binary)
+        # Per call, so DEBUG; the id is the transformer's request id (one per public request).
+        log.debug("infer id=%s images=%d %.1f ms", payload.id, images.shape[0],
+                  (time.perf_counter() - started) * 1000,
+                  extra={"request_id": payload.id, "images": int(images.shape[0])})
         return InferResponse(response_id=payload.id or "", model_name=self.name,
                              infer_outputs=[output], parameters=self.describe(),
                              use_binary_outputs=binary)
@@ -132,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description="DreamSim predictor (KServe model server)")
     parser.set_defaults(model_name=MODEL_NAME)
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = PredictorSettings()
     except Exception as e:  # pydantic ValidationError: a bad env value fails at start-up
+        logging.basicConfig(format=logs.TEXT_FORMAT)
         log.error("invalid configuration: %s", e)
         return 2
+    logs.configure(settings)
     # The largest allowed request must fit in one gRPC message (NOTES §4: 8 MiB default).
     needed = settings.grpc_message_limit()
     for flag in ("grpc_max_receive_message_length", "grpc_max_send_message_length"):

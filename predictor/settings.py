@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from service_common.logs import LogSettings
 
 IMAGE_BYTES = 3 * 224 * 224  # one uint8 image tensor on the wire
 
 
-class PredictorSettings(BaseSettings):
+class PredictorSettings(LogSettings):
     """Settings of the predictor (env names are the field names, upper-cased)."""
 
     model_config = SettingsConfigDict(protected_namespaces=(), extra="ignore")

@@ -88,6 +88,7 @@ IMAGE_HOST_NETWORK = "127.0.0.2/32"  # where image_host listens; allowed for URL
 class Predictor:
     grpc: str  # host:port
     http: str  # base URL
+    log: Path  # its stdout and stderr
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +102,7 @@ def predictor_server(dino_weights_dir: Path, tmp_path_factory: pytest.TempPathFa
     with running(cmd, env=env, log_path=log) as proc:
         base = f"http://127.0.0.1:{http_port}"
         wait_http_ok(f"{base}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
-        yield Predictor(grpc=f"127.0.0.1:{grpc_port}", http=base)
+        yield Predictor(grpc=f"127.0.0.1:{grpc_port}", http=base, log=log)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ import numpy as np
 from kserve import InferInput, InferRequest, InferResponse
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from service_common.logs import request_id as current_request_id
+
 from .channels import ChannelPool
 from .errors import PredictorFailed, PredictorTimeout, PredictorUnavailable
 
@@ -112,7 +114,8 @@ class PredictorClient:
         tensor = InferInput(name=INPUT_NAME, shape=list(images.shape), datatype="UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(images), binary_data=True)
         request = InferRequest(model_name=self.model_name, infer_inputs=[tensor],
-                               request_id=request_id or uuid.uuid4().hex)
+                               request_id=request_id or current_request_id.get()
+                               or uuid.uuid4().hex)
         try:
             with self.channels.stub() as stub:
                 raw = await stub.ModelInfer(request.to_grpc(), timeout=timeout)

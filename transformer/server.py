@@ -30,7 +30,9 @@ from kserve import Model, ModelServer
 from kserve import model_server as kserve_model_server
 from pydantic import ValidationError
 
-from . import metrics, routes_guard
+from service_common import logs
+
+from . import access_log, metrics, routes_guard
 from .admission import Admission
 from .cache import EmbeddingCache
 from .embeddings import ImagePlan, embeddings_in_order, plan_images
@@ -60,12 +62,12 @@ from .schemas import (
 from .scoring import PairPlan, plan_pairs, score_pairs
 from .settings import TransformerSettings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("transformer")
 
 MODEL_NAME = "dreamsim"
 app = kserve_model_server.app
 routes_guard.install(app)  # KServe's generic routes are refused: routes_guard.py says why
+app.add_middleware(access_log.AccessLog)  # type: ignore[arg-type]  # outside the guard
 
 
 @dataclass
@@ -176,6 +178,8 @@ class SimilarityTransformer(Model):
             request = self.parse(payload)
             plan = plan_pairs(request.pairs)
             ids = [p.pair_id for p in request.pairs]
+            access_log.note(pairs=len(request.pairs))
+        access_log.note(images=len(plan.inputs))  # distinct images
         identity = None
         if self.cache.enabled and plan.inputs:
             # Ask which model answers now (an empty batch, no model run): a predictor
@@ -407,7 +411,8 @@ async def _serve(request: Request, route: _Route) -> JSONResponse:
             except RecursionError:
                 raise BadRequest("the request body is nested too deeply") from None
             parsed = route.parse(_service, body)
-            result, _ = await _service(parsed, headers={"x-request-id": uuid.uuid4().hex})
+            rid = logs.request_id.get() or uuid.uuid4().hex
+            result, _ = await _service(parsed, headers={"x-request-id": rid})
     except ServiceError as e:
         if e.status_code >= 500:
             log.warning("answering %d: %s", e.status_code, e.detail)
@@ -464,7 +469,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description="DreamSim transformer (public API)")
     parser.set_defaults(model_name=MODEL_NAME, predictor_protocol="grpc-v2", enable_grpc=False)
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        settings = TransformerSettings()
+    except ValidationError as e:
+        logging.basicConfig(format=logs.TEXT_FORMAT)
+        log.error("invalid configuration: %s", e)
+        return 2
+    logs.configure(settings)
     if not args.predictor_host:
         log.error("--predictor_host HOST:PORT (the predictor's gRPC address) is required")
         return 2
@@ -474,11 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers != 1:
         # KServe sets the predictor config before forking workers; they would not see it.
         log.error("the transformer runs exactly one worker; got --workers %d", args.workers)
-        return 2
-    try:
-        settings = TransformerSettings()
-    except ValidationError as e:
-        log.error("invalid configuration: %s", e)
         return 2
     service = SimilarityTransformer(args.model_name, settings, predictor_host=args.predictor_host,
                                     use_ssl=args.predictor_use_ssl)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from service_common.cpus import usable_cpus
+from service_common.logs import LogSettings
 
 from .netguard import IPNetwork, parse_networks
 
 _MB = 1_000_000
 
 
-class TransformerSettings(BaseSettings):
+class TransformerSettings(LogSettings):
     """Settings of the transformer (env names are the field names, upper-cased)."""
 
     model_config = SettingsConfigDict(protected_namespaces=(), extra="ignore")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -150,10 +151,11 @@ class Tuned:
 def tuned_predictor(dino_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Tuned]:
     """A predictor that ends gRPC connections after 1 s (calls in flight may take 120 s
-    more: one image takes seconds on a busy 2-core machine)."""
+    more: one image takes seconds on a busy 2-core machine), logging JSON at DEBUG."""
     http_port, grpc_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu",
-           "GRPC_MAX_CONNECTION_AGE": "1", "GRPC_MAX_CONNECTION_AGE_GRACE": "120"}
+           "GRPC_MAX_CONNECTION_AGE": "1", "GRPC_MAX_CONNECTION_AGE_GRACE": "120",
+           "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}
     log = tmp_path_factory.mktemp("tuned") / "predictor.log"
     cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
     with running(cmd, env=env, log_path=log) as proc:
@@ -184,3 +186,28 @@ def test_connections_end_after_the_maximum_age(tuned_predictor: Tuned) -> None:
     assert done > 20
     # 4 s of calls on connections ended after 1 s (+-10%): at least three connections.
     assert balancer.connections[0] >= 3, balancer.connections
+
+
+def test_no_line_per_call_at_info(predictor_server: Predictor) -> None:
+    """KServe logged every gRPC call (``grpc method``) and every request twice
+    (``kserve.trace``) at INFO, probes included; now only start-up and problems are INFO."""
+    asyncio.run(_grpc_infer(predictor_server.grpc, _images(1)))
+    httpx.get(f"{predictor_server.http}/v2/health/ready", timeout=10)
+    text = predictor_server.log.read_text()
+    assert "serving model 'dreamsim'" in text  # start-up is still logged
+    for chatter in ("grpc method", "kserve.trace", "uvicorn.access", "infer id=", "/ready"):
+        assert chatter not in text, (chatter, [x for x in text.splitlines() if chatter in x])
+
+
+def test_json_log_with_a_debug_line_per_call(tuned_predictor: Tuned) -> None:
+    async def call() -> None:
+        client = PredictorClient(tuned_predictor.grpc, model_name="dreamsim", timeout_s=60)
+        await client.embed(np.zeros((0, 3, 224, 224), np.uint8), request_id="trace-me-1")
+        await client.close()
+
+    asyncio.run(call())
+    records = [json.loads(line) for line in tuned_predictor.log.read_text().splitlines()
+               if line.strip()]  # every line is one JSON object
+    calls = [r for r in records if r.get("request_id") == "trace-me-1"]
+    assert len(calls) == 1 and calls[0]["level"] == "DEBUG" and calls[0]["images"] == 0
+    assert any(r["level"] == "INFO" and "serving model" in r["message"] for r in records)

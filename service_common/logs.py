@@ -1,0 +1,125 @@
+"""Logging of both servers: one format (text or JSON lines), one level, no per-call chatter.
+
+What a platform team keeps: one line per public request at INFO (the transformer's
+``access_log``), start-up and problems at INFO and above, everything per call at DEBUG.
+KServe and uvicorn log per request at INFO: uvicorn's access line, two ``kserve.trace``
+timing lines (wall and CPU time) for every request, probes included, and a latency line per
+inference. Their loggers are routed to the one root handler here and those records demoted
+to DEBUG, so ``LOG_LEVEL=DEBUG`` brings them back.
+
+``LOG_FORMAT=json`` writes one JSON object per line (``time``, ``level``, ``logger``,
+``message``, the record's extra fields, ``request_id`` while a request is served,
+``exception``), as log collectors (Fluent Bit, Vector, Cloud Logging) parse without rules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CHATTY_LOGGERS = ("kserve.trace", "uvicorn.access")
+"""Loggers that write a line per request or per call at INFO: demoted to DEBUG."""
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+"""The id of the request being served (set by the transformer's access log middleware)."""
+
+# Attributes every LogRecord has; anything else on a record came in through ``extra=``.
+# uvicorn adds ``color_message`` (the message with terminal colour codes): not for a file.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "color_message"}
+
+
+class LogSettings(BaseSettings):
+    """Logging settings, shared by both components' settings classes."""
+
+    log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
+    log_level: LogLevel = Field(
+        "INFO", description="INFO: one line per public request; DEBUG adds probes and "
+                            "every predictor call")
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _normalise(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        return value.upper() if value.lower() in ("debug", "info", "warning", "error") \
+            else value.lower()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value if isinstance(value, str | int | float | bool) or \
+                    value is None else str(value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class _RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to records made while a request is served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            rid = request_id.get()
+            if rid is not None:
+                record.request_id = rid
+        return True
+
+
+class _Demote(logging.Filter):
+    """Turns a logger's records into DEBUG records (shown only at ``LOG_LEVEL=DEBUG``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True  # warnings and errors stay what they are
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def configure(settings: LogSettings) -> None:
+    """Route every logger (ours, KServe's, uvicorn's, warnings) to one stderr handler in
+    ``settings.log_format`` at ``settings.log_level``. Call before KServe's ModelServer is
+    made: it leaves logging alone when the root logger has a handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json"
+                         else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+        lib.setLevel(logging.NOTSET)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).addFilter(_Demote())
+    logging.captureWarnings(True)  # Python warnings as records, in the same format
+    # KServe 0.21's own response class; nothing an operator can act on (two lines a start).
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
