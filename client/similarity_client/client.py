@@ -1,0 +1,409 @@
+"""The client: pairs in, results out as they complete, whatever the service answers.
+
+Pairs are cut into chunks (at most ``chunk_size``, and never more than the service's
+limit once a 413 has told it), ``concurrency`` chunks are in flight at once, and each
+chunk is followed through to one result per pair:
+
+- 200: one score per pair, in request order;
+- 413 (too many pairs or too large a body): split and sent again; the service's message
+  ("the limit is N") sets the chunk size for the rest of the run;
+- 422 listing failing pairs (``index``, ``pair_id``, ``field``, ``reason``, as
+  ``transformer/errors.py`` answers): those pairs become errors, the rest of the chunk is
+  sent again without them;
+- 429/502/503/504 and connection errors: retried (see :mod:`similarity_client.retry`);
+  while one request waits out a ``Retry-After``, the others wait too instead of piling on;
+- any other answer (401, 404, ...) means the URL or the service is wrong: the run stops
+  with :class:`ServiceError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from . import inputs
+from .models import ClientStats, ImageInput, Pair, PairId, PairResult
+from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+
+PairLike = Pair | tuple[ImageInput, ImageInput] | tuple[ImageInput, ImageInput, PairId] | dict
+
+_LIMIT_RE = re.compile(r"the limit is (\d+)")
+DEFAULT_CHUNK_SIZE = 32  # 64 images: one GPU batch at the service's BATCH_SIZE_LIMIT
+
+
+class ServiceError(Exception):
+    """The service answered in a way no retry or split can fix (wrong URL, auth, ...)."""
+
+
+@dataclass
+class _Item:
+    pair_id: PairId
+    reference: ImageInput
+    generated: ImageInput
+    ref_label: str
+    gen_label: str
+    body: dict[str, Any] | None = None  # the encoded pair, kept for re-sends
+
+    def result(self, **kw: Any) -> PairResult:
+        return PairResult(pair_id=self.pair_id, reference=self.ref_label,
+                          generated=self.gen_label, **kw)
+
+
+class _GiveUp(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _as_pair(value: PairLike, index: int) -> Pair:
+    if isinstance(value, Pair):
+        pair = value
+    elif isinstance(value, dict):
+        pair = Pair(value["reference"], value["generated"], value.get("pair_id"))
+    elif isinstance(value, tuple | list) and len(value) in (2, 3):
+        pair = Pair(*value)
+    else:
+        raise TypeError(f"pair {index}: expected (reference, generated[, pair_id]), a Pair "
+                        f"or a dict, got {type(value).__name__}")
+    if pair.pair_id is None:  # results must be identifiable: default to the position
+        pair = Pair(pair.reference, pair.generated, index)
+    return pair
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300].strip() or response.reason_phrase
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return json.dumps(body)[:300]
+
+
+class AsyncSimilarityClient:
+    """Scores pairs against a running service (``POST {url}/similarity``), asynchronously.
+
+    Args:
+        url: the service's base URL, e.g. ``http://localhost:8080``.
+        concurrency: requests in flight at once.
+        chunk_size: pairs per request at most (lowered to the service's limit on a 413).
+        timeout_s: seconds one request may take (a chunk on a CPU service takes a while).
+        retry: backoff for 429/502/503/504 and connection errors.
+        headers: sent with every request (e.g. an ``Authorization`` for a gateway).
+        transport: an httpx transport (tests, proxies); default: a plain connection pool.
+    """
+
+    def __init__(self, url: str, *, concurrency: int = 4, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 timeout_s: float = 300.0, retry: RetryPolicy | None = None,
+                 headers: dict[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.url = url.rstrip("/")
+        self.concurrency = concurrency
+        self.chunk_size = chunk_size
+        self.retry = retry or RetryPolicy()
+        self.stats = ClientStats()
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers,
+            transport=transport,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self._pause_until = 0.0  # monotonic time before which no request is sent
+
+    async def __aenter__(self) -> AsyncSimilarityClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def effective_chunk_size(self) -> int:
+        limit = self.stats.pair_limit
+        return min(self.chunk_size, limit) if limit else self.chunk_size
+
+    async def score(self, pairs: Iterable[PairLike] | AsyncIterable[PairLike]
+                    ) -> AsyncIterator[PairResult]:
+        """Score ``pairs``; yields one :class:`PairResult` per pair as chunks complete.
+
+        Each pair is ``(reference, generated[, pair_id])``, a :class:`Pair` or a dict with
+        those keys; a side is a path, bytes, a PIL image, or an http(s) URL/data URI (passed
+        to the service as is). Without a ``pair_id`` a pair is identified by its position.
+
+        Raises:
+            ServiceError: the service answered with an error no retry can fix.
+        """
+        work: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=self.concurrency)
+        results: asyncio.Queue[PairResult | BaseException | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            chunk: list[_Item] = []
+            index = 0
+
+            async def items() -> AsyncIterator[PairLike]:
+                if isinstance(pairs, AsyncIterable):
+                    async for p in pairs:
+                        yield p
+                else:
+                    for p in pairs:
+                        yield p
+
+            async for raw in items():
+                pair = _as_pair(raw, index)
+                index += 1
+                chunk.append(_Item(pair.pair_id, pair.reference, pair.generated,
+                                   inputs.label(pair.reference), inputs.label(pair.generated)))
+                if len(chunk) >= self.effective_chunk_size:
+                    await work.put(chunk)
+                    chunk = []
+            if chunk:
+                await work.put(chunk)
+
+        async def worker() -> None:
+            while (chunk := await work.get()) is not None:
+                async for result in self._score_chunk(chunk):
+                    results.put_nowait(result)
+
+        async def run() -> None:
+            try:
+                workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+                try:
+                    await produce()
+                    for _ in workers:
+                        await work.put(None)
+                    await asyncio.gather(*workers)
+                finally:
+                    for w in workers:
+                        w.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+                results.put_nowait(None)
+            except Exception as e:  # handed to the consumer, raised there
+                results.put_nowait(e)
+
+        runner = asyncio.create_task(run())
+        try:
+            while (item := await results.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    async def _encode(self, chunk: list[_Item]) -> tuple[list[_Item], list[PairResult]]:
+        """Encode each side not yet encoded (file reads off the event loop); pairs whose
+        input cannot be sent become errors here, without a request."""
+        def encode_all() -> tuple[list[_Item], list[PairResult]]:
+            ready, failed = [], []
+            for item in chunk:
+                if item.body is not None:
+                    ready.append(item)
+                    continue
+                body: dict[str, Any] = {"pair_id": item.pair_id}
+                for field, value in (("reference_image", item.reference),
+                                     ("generated_image", item.generated)):
+                    try:
+                        body[field] = inputs.encode(value)
+                    except inputs.InputError as e:
+                        failed.append(item.result(error=e.reason, field=field))
+                        break
+                else:
+                    item.body = body
+                    ready.append(item)
+            return ready, failed
+
+        return await asyncio.to_thread(encode_all)
+
+    async def _score_chunk(self, chunk: list[_Item]) -> AsyncIterator[PairResult]:
+        ready, failed = await self._encode(chunk)
+        for result in failed:
+            yield result
+        pending = [ready] if ready else []
+        while pending:
+            part = pending.pop(0)
+            limit = self.effective_chunk_size
+            if len(part) > limit:  # the limit was learned while this chunk waited
+                pending[:0] = [part[i:i + limit] for i in range(0, len(part), limit)]
+                continue
+            try:
+                response = await self._post(part)
+            except _GiveUp as e:
+                for item in part:
+                    yield item.result(error=e.reason, field=None, retryable=True)
+                continue
+            if response.status_code == 200:
+                for result in self._scores(part, response):
+                    yield result
+            elif response.status_code == 413:
+                parts, too_large = self._split(part, response)
+                for result in too_large:
+                    yield result
+                pending[:0] = parts
+            elif response.status_code == 422:
+                named, rest = self._pair_errors(part, response)
+                for result in named:
+                    yield result
+                if rest:
+                    self.stats.resent += 1
+                    pending.insert(0, rest)
+            else:
+                raise ServiceError(f"POST {self.url}/similarity answered HTTP "
+                                   f"{response.status_code}: {_detail(response)}")
+
+    async def _post(self, part: list[_Item]) -> httpx.Response:
+        """One request, retried on 429/502/503/504 and connection errors."""
+        body = json.dumps({"pairs": [item.body for item in part]}).encode()
+        retry = 0
+        while True:
+            wait = self._pause_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.stats.requests += 1
+            self.stats.pairs_sent += len(part)
+            self.stats.largest_request = max(self.stats.largest_request, len(part))
+            retry_after: float | None = None
+            try:
+                response = await self._http.post(
+                    f"{self.url}/similarity", content=body,
+                    headers={"Content-Type": "application/json"})
+            except httpx.TransportError as e:
+                cause = type(e).__name__
+                reason = f"{cause}: {e}" if str(e) else cause
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                cause = f"HTTP {response.status_code}"
+                reason = f"{cause}: {_detail(response)}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry += 1
+            if retry > self.retry.max_retries:
+                raise _GiveUp(f"gave up after {self.retry.max_retries} retries; last: {reason}")
+            self.stats.retries[cause] += 1
+            delay = self.retry.delay(retry, retry_after)
+            if retry_after is not None:  # the service asked everyone to wait
+                self._pause_until = max(self._pause_until, time.monotonic() + delay)
+            await asyncio.sleep(delay)
+
+    def _scores(self, part: list[_Item], response: httpx.Response) -> list[PairResult]:
+        try:
+            scores = response.json()["scores"]
+            assert len(scores) == len(part), f"{len(scores)} scores for {len(part)} pairs"
+            out = []
+            for item, score in zip(part, scores, strict=True):
+                assert score.get("pair_id") == item.pair_id, "pair_id not echoed in order"
+                out.append(item.result(distance=float(score["distance"]),
+                                       similarity=float(score["similarity"])))
+            return out
+        except (ValueError, KeyError, TypeError, AssertionError) as e:
+            raise ServiceError(f"the service answered 200 with an unexpected body: {e}") from None
+
+    def _split(self, part: list[_Item], response: httpx.Response
+               ) -> tuple[list[list[_Item]], list[PairResult]]:
+        """Smaller parts after a 413: the service's pair limit if it names one, else halves.
+        A single pair refused as too large is that pair's error."""
+        detail = _detail(response)
+        match = _LIMIT_RE.search(detail)
+        size = len(part) // 2
+        if match and "MAX_PAIRS_PER_REQUEST" in detail:
+            limit = int(match.group(1))
+            if limit < 1:
+                raise ServiceError(f"the service accepts no pairs at all: {detail}")
+            self.stats.pair_limit = min(limit, self.stats.pair_limit or limit)
+            if self.stats.pair_limit < len(part):
+                size = self.stats.pair_limit
+        if size < 1:
+            return [], [part[0].result(error=f"refused as too large (HTTP 413): {detail}",
+                                       field="pair")]
+        self.stats.splits += 1
+        return [part[i:i + size] for i in range(0, len(part), size)], []
+
+    def _pair_errors(self, part: list[_Item], response: httpx.Response
+                     ) -> tuple[list[PairResult], list[_Item]]:
+        """The pairs a 422 names become errors; the others are returned to be sent again."""
+        detail = _detail(response)
+        try:
+            errors = response.json().get("errors") or []
+        except (ValueError, AttributeError):
+            errors = []
+        by_index: dict[int, tuple[str | None, str]] = {}
+        for err in errors:
+            index = err.get("index") if isinstance(err, dict) else None
+            if isinstance(index, int) and 0 <= index < len(part) and index not in by_index:
+                by_index[index] = (err.get("field"), str(err.get("reason", detail)))
+            elif isinstance(index, int) and 0 <= index < len(part):
+                field, reason = by_index[index]  # both sides failed: name both
+                by_index[index] = (f"{field},{err.get('field')}",
+                                   f"{reason}; {err.get('field')}: {err.get('reason')}")
+        if not by_index:  # nothing names a pair: the request as a whole was refused
+            raise ServiceError(f"the service refused a request (HTTP 422): {detail}; "
+                               f"errors: {json.dumps(errors)[:500]}")
+        named = [part[i].result(error=reason, field=field)
+                 for i, (field, reason) in sorted(by_index.items())]
+        rest = [item for i, item in enumerate(part) if i not in by_index]
+        return named, rest
+
+
+class SimilarityClient:
+    """The synchronous twin of :class:`AsyncSimilarityClient` (same arguments).
+
+    ``score`` runs the asynchronous client on its own event loop in a background thread
+    and yields results as they arrive; stopping the iteration early cancels what is in
+    flight.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self.url = url
+        self._kwargs = kwargs
+        self.stats = ClientStats()
+
+    def score(self, pairs: Iterable[PairLike]) -> Iterator[PairResult]:
+        """Score ``pairs`` (see :meth:`AsyncSimilarityClient.score`); yields as they complete."""
+        out: queue.Queue[PairResult | BaseException | None] = queue.Queue()
+
+        async def consume() -> None:
+            async with AsyncSimilarityClient(self.url, **self._kwargs) as client:
+                self.stats = client.stats
+                async for result in client.score(pairs):
+                    out.put(result)
+
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(consume())
+
+        def run() -> None:
+            try:
+                loop.run_until_complete(task)
+                out.put(None)
+            except asyncio.CancelledError:
+                out.put(None)
+            except BaseException as e:
+                out.put(e)
+            finally:
+                loop.close()
+
+        thread = threading.Thread(target=run, name="similarity-client", daemon=True)
+        thread.start()
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if thread.is_alive():
+                try:
+                    loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:  # the loop closed meanwhile: nothing left to cancel
+                    pass
+            thread.join()

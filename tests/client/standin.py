@@ -1,0 +1,130 @@
+"""A FAKE similarity service for the client's unit tests: a real HTTP server on loopback.
+
+It stands in for the real transformer where the tests need answers the real service gives
+only under conditions that are slow or hard to arrange (413 on a given pair count, 429 and
+503 with ``Retry-After`` on a given request, 422 naming a given pair, a request held until
+the test says so). It speaks the API's wire format (``POST /similarity`` bodies, error
+bodies as ``transformer/errors.py`` answers them, the 413 message of
+``MAX_PAIRS_PER_REQUEST``) but does NOT compute DreamSim: a distance is a hash of the two
+inputs (0 when they are equal). Tests against the real service are in
+``test_client_service.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+BAD_IMAGE = "YmFk"  # base64 of b"bad": the stand-in answers 422 for it, as the service would
+
+
+def fake_distance(a: str, b: str) -> float:
+    """The stand-in's distance: deterministic, 0 for equal inputs, else in (0, 1)."""
+    if a == b:
+        return 0.0
+    digest = hashlib.sha256(f"{a}\x00{b}".encode()).digest()
+    return (int.from_bytes(digest[:4], "big") + 1) / 2**32
+
+
+Answer = tuple[int, dict[str, str], dict[str, Any]]
+
+
+@dataclass
+class Received:
+    at: float
+    pairs: list[dict[str, Any]]
+
+
+@dataclass
+class StandIn:
+    """Scripted behaviour; every request is recorded in ``received``."""
+
+    url: str = ""
+    pair_limit: int | None = None  # more pairs: 413 with the service's message
+    body_limit: int | None = None  # more bytes: 413 "request body ... over the limit"
+    script: list[Answer] = field(default_factory=list)  # answered first, one per request
+    hold: Callable[[list[dict[str, Any]]], None] | None = None  # called before answering
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, raw: bytes) -> Answer:
+        if self.body_limit is not None and len(raw) > self.body_limit:
+            return 413, {}, {"detail": f"request body of {len(raw)} bytes is over the limit "
+                                       f"of {self.body_limit} (MAX_REQUEST_BODY_MB)",
+                             "errors": []}
+        body = json.loads(raw)
+        pairs = body["pairs"]
+        with self.lock:
+            self.received.append(Received(time.monotonic(), pairs))
+            scripted = self.script.pop(0) if self.script else None
+        if scripted is not None:
+            return scripted
+        if self.pair_limit is not None and len(pairs) > self.pair_limit:
+            return 413, {}, {"detail": f"{len(pairs)} pairs in one request; the limit is "
+                                       f"{self.pair_limit} (MAX_PAIRS_PER_REQUEST): split the "
+                                       "request",
+                             "errors": [{"index": None, "pair_id": None, "field": "pairs",
+                                         "reason": f"{len(pairs)} > {self.pair_limit}"}]}
+        errors = [{"index": i, "pair_id": p.get("pair_id"), "field": f,
+                   "reason": "not an image (cannot identify image file)"}
+                  for i, p in enumerate(pairs) for f in ("reference_image", "generated_image")
+                  if p[f] == BAD_IMAGE]
+        if errors:
+            return 422, {}, {"detail": f"{len(errors)} image(s) could not be used",
+                             "errors": errors}
+        if self.hold is not None:
+            self.hold(pairs)
+        scores = []
+        for p in pairs:
+            d = fake_distance(p["reference_image"], p["generated_image"])
+            scores.append({"distance": d, "similarity": 1 / (1 + d), "pair_id": p.get("pair_id")})
+        return 200, {}, {"scores": scores, "processing_time_ms": 1.0}
+
+    def sizes(self) -> list[int]:
+        return [len(r.pairs) for r in self.received]
+
+
+def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path != "/similarity":
+                status, headers, body = 404, {}, {"detail": "Not Found"}
+            else:
+                status, headers, body = standin.answer(raw)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+@contextmanager
+def serve(standin: StandIn, port: int = 0) -> Iterator[StandIn]:
+    """Run ``standin`` on 127.0.0.1 (a free port unless given) for the with-block."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _handler(standin))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    standin.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield standin
+    finally:
+        server.shutdown()
+        server.server_close()
