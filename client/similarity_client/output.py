@@ -141,9 +141,9 @@ class ResultWriter:
         self.done: set[str] = {str(r["pair_id"]) for r in records}
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8", newline="")
+        self._synced = time.monotonic()
         if self.format == "csv" and self._file.tell() == 0:
             self._write_line(self._csv_line(dict(zip(CSV_COLUMNS, CSV_COLUMNS, strict=True))))
-        self._synced = time.monotonic()
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -65,8 +65,14 @@ def read_csv(path: Path) -> list[Pair]:
                 k in fields for k in _GENERATED_KEYS):
             raise PairsError(f"{path}: the header must name 'reference' and 'generated' "
                              f"columns (found: {', '.join(fields) or 'nothing'})")
-        return [_row_pair(row, i, f"{path}, line {reader.line_num}", path.parent)
-                for i, row in enumerate(reader)]
+        pairs = []
+        for i, row in enumerate(reader):
+            where = f"{path}, line {reader.line_num}"
+            if None in row:
+                raise PairsError(f"{where}: more values than the header has columns (quote "
+                                 'values that contain commas: "data:image/png;base64,...")')
+            pairs.append(_row_pair(row, i, where, path.parent))
+        return pairs
 
 
 def read_jsonl(path: Path) -> list[Pair]:
