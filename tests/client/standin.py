@@ -51,6 +51,9 @@ class StandIn:
     body_limit: int | None = None  # more bytes: 413 "request body ... over the limit"
     script: list[Answer] = field(default_factory=list)  # answered first, one per request
     hold: Callable[[list[dict[str, Any]]], None] | None = None  # called before answering
+    max_in_flight: int | None = None  # more requests at once: 429, as the admission does
+    delay_s: float = 0.0  # each scored request takes this long
+    in_flight: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +82,17 @@ class StandIn:
         if errors:
             return 422, {}, {"detail": f"{len(errors)} image(s) could not be used",
                              "errors": errors}
+        with self.lock:
+            self.in_flight += 1
+            busy = self.max_in_flight is not None and self.in_flight > self.max_in_flight
+        try:
+            if busy:
+                return 429, {}, {"detail": "the service is busy: too many requests in "
+                                           "flight; retry shortly", "errors": []}
+            time.sleep(self.delay_s)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
         if self.hold is not None:
             self.hold(pairs)
         scores = []

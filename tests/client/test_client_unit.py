@@ -14,8 +14,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from similarity_client import AsyncSimilarityClient, Pair, RetryPolicy, ServiceError
-from similarity_client import SimilarityClient
+from similarity_client import (
+    AsyncSimilarityClient,
+    Pair,
+    RetryPolicy,
+    ServiceError,
+    SimilarityClient,
+)
 from similarity_client.retry import parse_retry_after
 
 from tests.client.standin import BAD_IMAGE, StandIn, fake_distance, serve
@@ -132,6 +137,17 @@ def test_retry_after_is_honoured_on_429_and_503() -> None:
     assert client.stats.retries == Counter({"HTTP 429": 1, "HTTP 503": 1})
 
 
+def test_overload_lowers_the_requests_in_flight_instead_of_exhausting_retries() -> None:
+    # One request at a time, 100 ms each; 4 workers retrying every 10-50 ms would lose the
+    # race for the one slot more than 3 times in a row without the adaptive window.
+    with serve(StandIn(max_in_flight=1, delay_s=0.1)) as s:
+        client = SimilarityClient(s.url, concurrency=4, chunk_size=1, retry=RetryPolicy(
+            max_retries=3, base_delay_s=0.01, max_delay_s=0.05))
+        results = list(client.score(numbered_pairs(16)))
+    assert [r for r in results if not r.ok] == []
+    assert client.stats.retries["HTTP 429"] >= 1 and client.stats.lowest_concurrency == 1
+
+
 def test_backoff_is_exponential_and_bounded() -> None:
     policy = RetryPolicy(base_delay_s=0.5, max_delay_s=4.0, jitter=False)
     assert [policy.delay(n, None) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
@@ -195,8 +211,9 @@ def test_an_unfixable_answer_stops_the_run() -> None:
     with serve(StandIn(script=script)) as s:
         with pytest.raises(ServiceError, match="does not match the API"):
             list(SimilarityClient(s.url).score(numbered_pairs(2)))
-        with pytest.raises(ServiceError, match="HTTP 404"):
-            list(SimilarityClient(s.url + "/wrong").score(numbered_pairs(2)))
+        with pytest.raises(ServiceError, match="HTTP 404"):  # more pairs than the queue holds
+            list(SimilarityClient(s.url + "/wrong", concurrency=1, chunk_size=1).score(
+                numbered_pairs(50)))
 
 
 def test_results_stream_as_chunks_complete() -> None:
