@@ -72,7 +72,7 @@ class Figures:
             f"ratio: {self.client_rate / self.naive_rate:.1f}x"])
 
 
-def measure(url: str, *, pairs: int = 2000, distinct: int = 40, naive_pairs: int = 200,
+def measure(url: str, *, pairs: int = 2000, distinct: int = 48, naive_pairs: int = 200,
             chunk_size: int = 32, concurrency: int = 4, workdir: Path | None = None) -> Figures:
     """Time the client on ``pairs`` pairs and one pair per request on ``naive_pairs``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--pairs", type=int, default=2000)
-    parser.add_argument("--distinct", type=int, default=40)
+    parser.add_argument("--distinct", type=int, default=48)
     parser.add_argument("--naive-pairs", type=int, default=200)
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)

@@ -1,4 +1,4 @@
-"""``similarity-client``: score a data set of image pairs, resumably, with a progress bar.
+"""similarity-client: score a data set of image pairs, resumably, with a progress bar.
 
 ::
 

@@ -190,3 +190,30 @@ def test_report_content_and_without_pillow(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "PIL", None)
     page = build_report(records[1:2], source="s.jsonl")
     assert "data:image/png;base64," in page and "data:image/jpeg" not in page
+
+
+@pytest.mark.slow
+def test_the_client_builds_alone_and_imports_without_torch_kserve_or_pillow(
+        tmp_path: Path) -> None:
+    import subprocess
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path),
+                            str(root / "client")], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("similarity_client-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "similarity_client/cli.py" in names and "similarity_client/py.typed" in names
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist")]
+    assert not any(dep in line for line in requires for dep in ("torch", "kserve"))
+    assert "similarity-client = similarity_client.cli:main" in entry
+    probe = ("import sys, similarity_client, similarity_client.cli, similarity_client.report; "
+             "print(sorted(m for m in ('torch', 'kserve', 'PIL', 'numpy') if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env={"PYTHONPATH": str(wheel)}, timeout=120)
+    assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported.stderr

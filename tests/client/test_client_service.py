@@ -143,7 +143,7 @@ def test_cli_killed_and_interrupted_then_resumed_scores_each_pair_once(
     for line in out.read_text().splitlines():  # valid after SIGINT: whole lines only
         json.loads(line)
     done = _lines(out)
-    fast = [*slow[:5], "--chunk-size", "64", "--concurrency", "2", "--no-progress"]
+    fast = [*slow[:6], "--chunk-size", "64", "--concurrency", "2", "--no-progress"]
     finished = subprocess.run([sys.executable, "-m", "similarity_client", *fast],
                               capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert finished.returncode == 0, finished.stderr
@@ -156,8 +156,8 @@ def test_cli_killed_and_interrupted_then_resumed_scores_each_pair_once(
 
 
 def test_2000_pairs_throughput_against_one_pair_per_request(service_url: str) -> None:
-    figures = measure(service_url, pairs=2000, distinct=40, naive_pairs=200)
-    print(f"\n2,000 pairs (40 distinct 64x64 images, embedding cache warm), shared 2-core "
+    figures = measure(service_url, pairs=2000, distinct=48, naive_pairs=200)
+    print(f"\n2,000 pairs (48 distinct 64x64 images, embedding cache warm), shared 2-core "
           f"machine:\n{figures.table()}")
     assert figures.requests >= 2000 // 32
 
@@ -240,5 +240,6 @@ def test_report_renders_in_a_real_browser(service_url: str, photos: list[Photo],
     kept = ARTIFACTS / "client-report.png"
     shutil.copyfile(shot, kept)
     if os.environ.get("CLIENT_REPORT_DOCS_PICTURE"):  # refresh the README's picture
-        shutil.copyfile(shot, REPO_ROOT / "docs" / "client-report.png")
+        with Image.open(shot) as img:
+            img.convert("RGB").save(REPO_ROOT / "docs" / "client-report.jpg", quality=85)
     print(f"\nreport screenshot: {kept} (browser check: {check})")
