@@ -3,7 +3,8 @@ request, on the same running service, in one run.
 
     python -m bench.client_throughput --url http://localhost:8080 [--pairs 2000]
 
-The pairs combine a few distinct small images (``--distinct``), and every image is embedded
+The pairs combine a few distinct small images (``--distinct``; combinations repeat when
+there are fewer than ``--pairs``), and every image is embedded
 once before timing starts, so both sides are served from the service's embedding cache:
 what is measured is the per-request cost (HTTP, JSON, base64, cache look-ups, admission)
 that chunking amortises, not the model (which on a CPU would dominate both sides and take
@@ -79,7 +80,8 @@ def measure(url: str, *, pairs: int = 2000, distinct: int = 48, naive_pairs: int
         folder = workdir or Path(tmp)
         images = make_images(folder, distinct, seed=12)
         combos = list(itertools.islice(itertools.permutations(range(distinct), 2), pairs))
-        assert len(combos) == pairs, "not enough distinct combinations: raise --distinct"
+        # Fewer distinct combinations than pairs: repeat them (under other pair ids).
+        combos = [combos[k % len(combos)] for k in range(pairs)]
         todo = [Pair(images[a], images[b], f"t{k}") for k, (a, b) in enumerate(combos)]
         with httpx.Client(timeout=600) as http:
             # Embed every image once (small requests: a slow CPU must not hit the service's
