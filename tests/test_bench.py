@@ -158,3 +158,16 @@ def test_transformer_alone_benchmark_reports_both_decode_modes(tmp_path: Path) -
                        r"([0-9.]+) pairs/s", out, re.MULTILINE)
     assert [m[0] for m in modes] == ["exact", "fast"] and all(float(m[1]) > 0 for m in modes)
     assert "FAKE" in out  # the stand-in says what it is
+
+
+@pytest.mark.slow
+def test_spreading_benchmark_reports_the_split(tmp_path: Path) -> None:
+    """bench.spreading, one and three connections over three FAKE predictors: the split
+    per predictor, all on one with one connection, a third each with three."""
+    out = _run_bench("bench.spreading", ["--connections", "1,3", "--policies", "round-robin",
+                                         "--clients", "3", "--requests", "3"], None, tmp_path)
+    splits = {int(m.group(1)): [int(n) for n in m.group(2).split(",")] for m in re.finditer(
+        r"^policy=round-robin PREDICTOR_CONNECTIONS=(\d+): calls per predictor \[([0-9, ]+)\]",
+        out, re.MULTILINE)}
+    assert sorted(splits[1]) == [0, 0, 9], out
+    assert sum(splits[3]) == 9 and min(splits[3]) >= 2, out

@@ -65,10 +65,13 @@ class PredictorClient:
         timeout_s: deadline of one inference call.
         use_ssl: TLS to the predictor.
         connections: gRPC connections the calls are spread over (``channels.py``).
+        lb_policy: gRPC's load-balancing policy over the addresses ``host`` resolves to:
+            ``pick_first`` (one of them) or ``round_robin`` (all, calls in turn).
     """
 
     def __init__(self, host: str, *, model_name: str, timeout_s: float,
-                 use_ssl: bool = False, connections: int = 1) -> None:
+                 use_ssl: bool = False, connections: int = 1,
+                 lb_policy: str = "pick_first") -> None:
         self.host = host if ":" in host else f"{host}:{443 if use_ssl else 80}"
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -79,7 +82,8 @@ class PredictorClient:
                    # gRPC retries only calls whose message fits this buffer (256 KiB by
                    # default, under two images): cover the largest batch, so that a call
                    # caught by a predictor ending its connection is retried.
-                   ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES)]
+                   ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES),
+                   ("grpc.lb_policy_name", lb_policy)]
         self.channels = ChannelPool(
             self.host, size=connections, options=options,
             credentials=grpc.ssl_channel_credentials() if use_ssl else None)

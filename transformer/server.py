@@ -98,7 +98,8 @@ class SimilarityTransformer(Model):
         self.settings = settings
         self.predictor = PredictorClient(predictor_host, model_name=name, use_ssl=use_ssl,
                                          timeout_s=settings.predictor_timeout,
-                                         connections=settings.predictor_connections)
+                                         connections=settings.predictor_connections,
+                                         lb_policy=settings.predictor_lb_policy)
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.cache = EmbeddingCache(settings.embedding_cache_size)

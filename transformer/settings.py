@@ -44,6 +44,10 @@ class TransformerSettings(LogSettings):
         8, ge=1, le=256,
         description="gRPC connections to the predictor, calls spread over them: through a "
                     "ClusterIP Service each connection lands on one predictor pod")
+    predictor_lb_policy: Literal["pick_first", "round_robin"] = Field(
+        "pick_first",
+        description="round_robin: every address the predictor host resolves to gets calls "
+                    "in turn (a headless Service, --predictor_host dns:///NAME:PORT)")
     max_request_body_mb: float = Field(256.0, gt=0, le=4096,
                                        description="largest request body, checked before parsing")
     max_concurrent_requests: int = Field(

@@ -101,3 +101,20 @@ def test_pool_picks_the_least_busy_channel_in_turn() -> None:
         await pool.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_round_robin_over_every_resolved_address(predictors: list[tuple[str, Path]],
+                                                 tmp_path: Path) -> None:
+    """PREDICTOR_LB_POLICY=round_robin: with one connection setting, every address the
+    host resolves to gets calls in turn (here an ``ipv4:`` list standing in for a headless
+    Service's DNS answer)."""
+    host = "ipv4:" + ",".join(address for address, _ in predictors)
+    before = [infer_calls(log) for _, log in predictors]
+    env = {"PREDICTOR_CONNECTIONS": "1", "PREDICTOR_LB_POLICY": "round_robin",
+           "EMBEDDING_CACHE_SIZE": "0"}
+    with start_transformer(host, tmp_path / "transformer.log", env=env) as url:
+        load(url, clients=3, requests=10)
+    split = [infer_calls(log) - b for (_, log), b in zip(predictors, before, strict=True)]
+    print(f"round_robin calls per predictor: {split}")
+    assert sum(split) >= 30 and min(split) >= 0.25 * sum(split), split
