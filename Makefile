@@ -13,7 +13,8 @@ export MODEL_CACHE_DIR MODEL_TYPE
 # none of which the model code needs (see pyproject.toml).
 DINOV2_PKG := dinov2==0.0.1.dev2
 
-.PHONY: help install install-test run test lint weights bench clean tools kind-test browser
+.PHONY: help install install-test run test lint weights bench clean tools kind-test browser \
+	image-test image-clean
 
 help:
 	@echo "make run      install what is needed, fetch missing weights, then start predictor + transformer on 127.0.0.1:$(PORT)"
@@ -21,6 +22,7 @@ help:
 	@echo "make weights  fetch the official DreamSim weights into MODEL_CACHE_DIR"
 	@echo "make tools    install helm and checkov into .tools/ (make test does it too)"
 	@echo "make kind-test  build the images, deploy on a throw-away kind cluster, run the cluster tests"
+	@echo "make image-test build both images and test them as the chart runs them (needs root: Docker)"
 
 $(VENV)/.installed-runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +74,17 @@ test: $(VENV)/.installed-test tools browser lint
 # Needs docker, kind, kubectl and internet (see docs/deploy.md); deletes its cluster at the end.
 kind-test: $(VENV)/.installed-test tools
 	PY=$(PY) scripts/kind_test.sh
+
+# Both images built and run as the chart runs them (docs/images.md); not part of `make test`
+# (a cold run takes longer than CI can spare, see docs/images.md). Installs and starts a
+# Docker engine and builds the base image where missing (scripts/docker_engine.sh).
+image-test: $(VENV)/.installed-test tools
+	PY=$(PY) scripts/image_test.sh
+
+# The project's images and the classic builder's dangling stage images (its cache).
+image-clean:
+	-docker rmi image-similarity-predictor:0.1.0 image-similarity-transformer:0.1.0
+	-docker image prune -f
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

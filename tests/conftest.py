@@ -19,6 +19,17 @@ from tests.checkpoints import build_upstream_cache
 from tests.procs import free_port, python_cmd, running, wait_http_ok
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Image tests build multi-GB images: they run only when asked for by ``-m image``
+    (``make image-test``), never as part of a plain or ``-m 'not slow'`` run."""
+    if "image" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="image tests run with `make image-test` (pytest -m image)")
+    for item in items:
+        if item.get_closest_marker("image"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def dino_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MODEL_CACHE_DIR with random dino_vitb16 weights in the upstream layout."""
