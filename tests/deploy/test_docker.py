@@ -134,8 +134,16 @@ def test_compose() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     svc = compose["services"]
     assert set(svc) == {"weights", "predictor", "transformer"}
-    (device,) = svc["predictor"]["deploy"]["resources"]["reservations"]["devices"]
+    # The GPU comes from the override file compose reads by itself; the CPU file, named
+    # with -f in its place, has none and runs the predictor on CPU.
+    assert "deploy" not in svc["predictor"]
+    gpu = yaml.safe_load((REPO_ROOT / "docker-compose.override.yml").read_text())["services"]
+    (device,) = gpu["predictor"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    cpu = yaml.safe_load((REPO_ROOT / "docker-compose.cpu.yml").read_text())["services"]
+    assert set(cpu) == {"predictor"} and cpu["predictor"]["environment"]["DEVICE"] == "cpu"
+    assert "deploy" not in cpu["predictor"]
+    assert "name" not in compose, "Debian's docker-compose 1.29 refuses a top-level name"
     assert svc["transformer"]["ports"] == ["${PORT:-8080}:8080"]
     tr = svc["transformer"]["command"]
     assert tr[tr.index("--predictor_host") + 1] == "predictor:8081"
@@ -150,3 +158,14 @@ def test_compose() -> None:
         "service_completed_successfully")
     assert svc["weights"]["entrypoint"] == ["python", "-m", "predictor.weights"]
     assert "weights" in compose["volumes"]
+
+
+def test_predictor_needs_nothing_the_image_cuts() -> None:
+    """Dockerfile.predictor drops triton and torch's C++ headers (docs/images.md): right only
+    while the predictor runs eager torch, with no torch.compile or C++ extension."""
+    cut = ("torch.compile", "triton", "torch._inductor", "cpp_extension")
+    for path in sorted((REPO_ROOT / "predictor").rglob("*.py")):
+        text = path.read_text()
+        found = [c for c in cut if c in text]
+        assert not found, f"{path.name} uses {found}: update Dockerfile.predictor's cut list"
+    assert "pip uninstall --yes triton" in (REPO_ROOT / "Dockerfile.predictor").read_text()
