@@ -19,6 +19,14 @@ from tests.checkpoints import build_upstream_cache
 from tests.procs import free_port, python_cmd, running, wait_http_ok
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, not in pyproject.toml: the Dockerfiles copy pyproject.toml before
+    # installing the dependencies, so any edit to it rebuilds the multi-GB torch layer.
+    config.addinivalue_line(
+        "markers", "image: builds and runs the Docker images (make image-test); "
+                   "runs only when selected with -m image")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Image tests build multi-GB images: they run only when asked for by ``-m image``
     (``make image-test``), never as part of a plain or ``-m 'not slow'`` run."""
