@@ -162,9 +162,10 @@ def test_compose() -> None:
 
 def test_predictor_needs_nothing_the_image_cuts() -> None:
     """Dockerfile.predictor drops triton and torch's C++ headers (docs/images.md): right only
-    while the predictor runs eager torch, with no torch.compile or C++ extension."""
+    while the predictor's code runs eager torch, with no torch.compile or C++ extension."""
     cut = ("torch.compile", "triton", "torch._inductor", "cpp_extension")
-    for path in sorted((REPO_ROOT / "predictor").rglob("*.py")):
+    code = [p for pkg in ("predictor", "service_common") for p in (REPO_ROOT / pkg).rglob("*.py")]
+    for path in sorted(code):
         text = path.read_text()
         found = [c for c in cut if c in text]
         assert not found, f"{path.name} uses {found}: update Dockerfile.predictor's cut list"
