@@ -83,12 +83,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "route": {"kind": "none"},
         "serviceAccount": {"create": False},
         "imagePullSecrets": [{"name": "regcred"}],
+        "logging": {"format": "json", "level": "DEBUG"},
         "predictor": {"modelType": "ensemble", "precision": "fp16",
-                      "extraEnv": [{"name": "LOG_LEVEL", "value": "debug"}],
+                      "extraEnv": [{"name": "TORCH_THREADS", "value": "4"}],
                       "tolerations": [{"key": "dedicated", "operator": "Equal",
                                        "value": "ml", "effect": "NoSchedule"}]},
-        "transformer": {"extraEnv": [{"name": "LOG_LEVEL", "value": "debug"}]},
-        "settings": {"maxPairsPerRequest": 64, "batchSizeLimit": 32},
+        "transformer": {"extraEnv": [{"name": "URL_FETCH_ENABLED", "value": "false"}],
+                        "predictorConnections": 16},
+        "settings": {"maxPairsPerRequest": 64, "batchSizeLimit": 32, "maxImagesPerRequest": 100},
     },
     # NetworkPolicies: every option at once, then URL fetching off, then none at all.
     "netpol-custom": {

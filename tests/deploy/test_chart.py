@@ -146,7 +146,13 @@ def test_settings_and_extras() -> None:
     assert env_of(pred)["MODEL_TYPE"] == "ensemble" and env_of(pred)["PRECISION"] == "fp16"
     assert env_of(pred)["MAX_PAIRS_PER_REQUEST"] == env_of(tr)["MAX_PAIRS_PER_REQUEST"] == "64"
     assert env_of(pred)["BATCH_SIZE_LIMIT"] == env_of(tr)["BATCH_SIZE_LIMIT"] == "32"
-    assert env_of(pred)["LOG_LEVEL"] == env_of(tr)["LOG_LEVEL"] == "debug"
+    assert env_of(pred)["MAX_IMAGES_PER_REQUEST"] == env_of(tr)["MAX_IMAGES_PER_REQUEST"] == "100"
+    assert env_of(pred)["LOG_LEVEL"] == env_of(tr)["LOG_LEVEL"] == "DEBUG"
+    assert env_of(pred)["LOG_FORMAT"] == env_of(tr)["LOG_FORMAT"] == "json"
+    assert env_of(pred)["TORCH_THREADS"] == "4"
+    assert env_of(tr)["URL_FETCH_ENABLED"] == "false"
+    assert env_of(tr)["PREDICTOR_CONNECTIONS"] == "16"
+    assert env_of(pred)["GRPC_MAX_CONNECTION_AGE"] == "60"
     assert isvc["spec"]["predictor"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "default"
     assert {"key": "dedicated", "operator": "Equal", "value": "ml",
@@ -196,6 +202,14 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "zero-replicas": ({"transformer": {"minReplicas": 0}}, "minReplicas"),
     "max-below-min": ({"predictor": {"minReplicas": 3, "maxReplicas": 2}}, "maxReplicas"),
     "tiny-grpc-limit": ({"predictor": {"grpcMaxMessageBytes": 1024}}, "grpcMaxMessageBytes"),
+    # The explicit --grpc_max_* flags replace the limit the predictor would compute itself.
+    "grpc-limit-below-pairs": ({"settings": {"maxPairsPerRequest": 256}},
+                               "raise it to at least 81264640"),
+    "grpc-limit-below-embed": ({"settings": {"maxImagesPerRequest": 1000}},
+                               "predictor.grpcMaxMessageBytes"),
+    "log-format": ({"logging": {"format": "logfmt"}}, "format"),
+    "log-level": ({"logging": {"level": "TRACE"}}, "level"),
+    "connections-zero": ({"transformer": {"predictorConnections": 0}}, "predictorConnections"),
     "bad-host": ({"route": {"host": "https://x.example.com"}}, "host"),
     "netpol-bad-cidr": ({"networkPolicy": {"transformer": {"allowedImageCIDRs": ["10.0.0.1"]}}},
                         "allowedImageCIDRs"),
@@ -208,7 +222,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 # JSON schema cannot compare two values: the template checks these with `fail`.
-CHECKED_BY_TEMPLATE = {"max-below-min", "none-with-range"}
+CHECKED_BY_TEMPLATE = {"max-below-min", "none-with-range", "grpc-limit-below-pairs",
+                       "grpc-limit-below-embed"}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))
@@ -286,3 +301,32 @@ def test_every_value_documented() -> None:
         if is_leaf and not covered:
             missing.append(key)
     assert not missing, f"values without a `# --` comment: {missing}"
+
+
+def test_grpc_limit_holds_the_largest_request() -> None:
+    """The rendered limit fits what the predictor itself computes for these settings."""
+    from predictor.settings import PredictorSettings
+
+    for settings in ({}, {"maxPairsPerRequest": 200, "maxImagesPerRequest": 50}):
+        values = {"settings": settings}
+        if settings:
+            values["predictor"] = {"grpcMaxMessageBytes": 128 << 20}
+        pred = container(one(render(values), "InferenceService"), "predictor")
+        env = env_of(pred)
+        needed = PredictorSettings(
+            max_pairs_per_request=int(env["MAX_PAIRS_PER_REQUEST"]),
+            max_images_per_request=int(env["MAX_IMAGES_PER_REQUEST"])).grpc_message_limit()
+        for flag in ("--grpc_max_receive_message_length", "--grpc_max_send_message_length"):
+            assert int(arg_value(pred["args"], flag) or 0) >= needed, (settings, flag)
+
+
+def test_notes_warn_about_too_few_predictor_connections() -> None:
+    def notes(values: dict[str, Any]) -> str:
+        out = helm("install", "demo", str(CHART), "--dry-run=client", values=values).stdout
+        return out[out.index("NOTES:"):]
+
+    assert "predictorConnections" not in notes({})
+    many = {"predictor": {"maxReplicas": 6, "autoscaling": {"class": "hpa"}}}
+    assert "transformer.predictorConnections (8) is below twice" in notes(many)
+    assert "predictorConnections" not in notes({**many, "transformer": {
+        "predictorConnections": 18}})

@@ -188,6 +188,15 @@ change (the JSON schema cannot compare values or measure derived names).
 {{- fail (printf "%s.autoscaling.class none keeps %s at minReplicas: set maxReplicas equal to minReplicas (%d), or pick hpa or keda" $component $component (int $c.minReplicas)) }}
 {{- end }}
 {{- end }}
+{{- /* The predictor's gRPC limit must hold the largest allowed request (predictor/settings.py
+grpc_message_limit: two images a pair or the images of one /embed, 3x224x224 bytes each, plus
+4 MiB); explicit --grpc_max_* flags replace the limit the predictor would compute itself. */}}
+{{- $s := .Values.settings }}
+{{- $images := max (mul 2 (int $s.maxPairsPerRequest)) (int $s.maxImagesPerRequest) }}
+{{- $needed := add (mul $images 150528) 4194304 }}
+{{- if lt (int64 .Values.predictor.grpcMaxMessageBytes) (int64 $needed) }}
+{{- fail (printf "predictor.grpcMaxMessageBytes (%d) is too small for the largest allowed request: %d images (settings.maxPairsPerRequest %d x 2, settings.maxImagesPerRequest %d) need %d bytes; raise it to at least %d" (int64 .Values.predictor.grpcMaxMessageBytes) $images (int $s.maxPairsPerRequest) (int $s.maxImagesPerRequest) $needed $needed) }}
+{{- end }}
 {{- /* KServe labels the pods app: isvc.<name>-transformer, a label value of 63 at most. */}}
 {{- $app := printf "isvc.%s-transformer" $name }}
 {{- if gt (len $app) 63 }}
