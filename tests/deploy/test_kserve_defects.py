@@ -244,6 +244,10 @@ def test_predictor_pod_fills_its_own_volume() -> None:
         pred_spec["tolerations"])
     assert not any("gpu" in k for k in init["resources"].get("limits", {}))
     assert init["image"] == pred["image"]
+    # uid 1000 writes the volume through fsGroup; no recursive chown at every start.
+    assert pred_spec["securityContext"]["fsGroup"] == init["securityContext"].get(
+        "runAsGroup", pred_spec["securityContext"]["runAsGroup"])
+    assert pred_spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     assert "WEIGHTS_BASE_URL" not in env_of(init), "upstream's URLs unless a mirror is set"
     assert init["securityContext"] == pred["securityContext"]
     # It writes the claim the predictor reads, at the folder the predictor reads.
