@@ -77,6 +77,9 @@ def _as_pair(value: PairLike, index: int) -> Pair:
                         f"or a dict, got {type(value).__name__}")
     if pair.pair_id is None:  # results must be identifiable: default to the position
         pair = Pair(pair.reference, pair.generated, index)
+    elif isinstance(pair.pair_id, bool) or not isinstance(pair.pair_id, str | int):
+        raise TypeError(f"pair {index}: pair_id must be a string or an integer (the API "
+                        f"echoes nothing else), not {pair.pair_id!r}")
     return pair
 
 

@@ -95,15 +95,17 @@ def histogram_svg(distances: Sequence[float], *, bins: int = 30, width: int = 76
         parts.append(f'<text x="{left - 6}" y="{up + ph - ph * k / max(top, 1) + 4:.1f}" '
                      f'font-size="11" text-anchor="end">{k}</text>')
     if stats is not None:
-        for name, v, color in (("mean", stats.mean, "#d9534f"), ("median", stats.median,
-                                                                   "#2a9d3a"),
-                               ("p95", stats.p95, "#e69500")):
+        marks = (("mean", stats.mean, "#d9534f"), ("median", stats.median, "#2a9d3a"),
+                 ("p95", stats.p95, "#e69500"))
+        for row, (name, v, color) in enumerate(marks):
             x = x_of(v)
             parts.append(f'<line x1="{x:.1f}" y1="{up}" x2="{x:.1f}" y2="{up + ph}" '
                          f'stroke="{color}" stroke-dasharray="4 3"><title>{name} {v:.4f}'
                          '</title></line>')
-            parts.append(f'<text x="{x + 3:.1f}" y="{up + 10}" font-size="10" '
-                         f'fill="{color}">{name}</text>')
+            # Staggered, with a white halo: the marks can sit close together or on a bar.
+            parts.append(f'<text x="{x + 3:.1f}" y="{up + 10 + 12 * row}" font-size="10" '
+                         f'fill="{color}" stroke="#fff" stroke-width="3" '
+                         f'paint-order="stroke">{name} {v:.3f}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -80,6 +80,8 @@ def test_pairs_without_id_are_identified_by_position() -> None:
                                                                        "generated": b"c"}]))
     assert sorted(r.pair_id for r in results) == [0, 1]
     assert {r.pair_id: r.distance for r in results}[1] == 0.0
+    with serve(StandIn()) as s, pytest.raises(TypeError, match="pair 1: pair_id must be"):
+        list(SimilarityClient(s.url).score([(b"a", b"b", "ok"), (b"a", b"b", 1.5)]))
 
 
 def test_a_missing_file_is_an_error_and_never_sent(tmp_path: Path) -> None:
