@@ -211,3 +211,30 @@ def test_json_log_with_a_debug_line_per_call(tuned_predictor: Tuned) -> None:
     calls = [r for r in records if r.get("request_id") == "trace-me-1"]
     assert len(calls) == 1 and calls[0]["level"] == "DEBUG" and calls[0]["images"] == 0
     assert any(r["level"] == "INFO" and "serving model" in r["message"] for r in records)
+
+
+def test_a_patch_variant_is_served_and_reported(tmp_path: Path) -> None:
+    """MODEL_TYPE=dinov2_vitb14_patch end to end: the predictor serves 1536-d unit
+    embeddings (its metadata says so) and the transformer's /health names the variant.
+    The other variants differ only in what tests/predictor/test_fidelity.py checks."""
+    from tests.checkpoints import build_upstream_cache
+    from tests.conftest import start_transformer
+
+    variant = "dinov2_vitb14_patch"
+    cache = build_upstream_cache(tmp_path / "weights", variant, seed=3)
+    http_port, grpc_port = free_port(), free_port()
+    env = {"MODEL_CACHE_DIR": str(cache), "DEVICE": "cpu", "MODEL_TYPE": variant}
+    log = tmp_path / "predictor.log"
+    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    with running(cmd, env=env, log_path=log) as proc:
+        http = f"http://127.0.0.1:{http_port}"
+        wait_http_ok(f"{http}/v2/models/dreamsim/ready", timeout_s=300, proc=proc, log_path=log)
+        meta = httpx.get(f"{http}/v2/models/dreamsim", timeout=10).json()
+        assert meta["outputs"][0]["shape"] == [-1, 1536]
+        host = f"127.0.0.1:{grpc_port}"
+        out = asyncio.run(_grpc_infer(host, _images(2)))
+        assert out.shape == (2, 1536)
+        assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+        with start_transformer(host, tmp_path / "transformer.log") as url:
+            health = httpx.get(f"{url}/health", timeout=30).json()
+    assert health["model_type"] == variant
