@@ -4,11 +4,11 @@ For each variant, in a fresh process (so that memory figures are its own):
 
 - memory: resident set size after ``load_model`` in fp32 (process total, and the part the
   model added over a process that had only imported torch), and the peak while loading;
-- speed: images per second through the predictor's model (``DreamSimEmbedder.embed``) in
-  fp32 and bf16, and fp16 where the CPU build of torch runs it; best of ``--repeats``
-  timed rounds after a warm-up, at the predictor's CPU chunk size;
-- precision: the largest |distance(precision) - distance(fp32)| over every pair of
-  ``--images`` real photographs (bench.images), decoded exactly as the service decodes.
+- speed: images per second through the predictor's model (``DreamSimEmbedder.embed``), and
+  CPU seconds per image, in fp32, bf16 and fp16 (where the CPU build of torch runs it),
+  embedding ``--images`` real photographs (bench.images, decoded exactly as the service
+  decodes) after a warm-up;
+- precision: the largest |distance(precision) - distance(fp32)| over every pair of them.
 
 Weights: the variant's real weights when ``--cache-dir`` holds them, else a random-weight
 cache in the upstream layout (tests/checkpoints.py; same cost as the real ones, built in
@@ -58,23 +58,18 @@ def _distances(emb: np.ndarray) -> np.ndarray:
     return 1 - (e[i] * e[j]).sum(axis=1)
 
 
-def _time(embedder: Any, batch: Any, repeats: int, chunk: int) -> tuple[float, float]:
-    """Images per second (wall clock) and CPU seconds per image (this process, all
-    threads): best of ``repeats`` rounds after one warm-up round. On a shared machine the
-    CPU time is the steadier figure; the wall-clock rate is what a dedicated machine with
-    these cores would see at best."""
-    embedder.embed(batch, batch_size=chunk)
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        embedder.embed(batch, batch_size=chunk)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-    return batch.shape[0] / best_wall, best_cpu / batch.shape[0]
+def _timed_embed(embedder: Any, images: Any, chunk: int) -> tuple[np.ndarray, float, float]:
+    """Embeddings of ``images`` after a 2-image warm-up, with images per second (wall
+    clock) and CPU seconds per image (this process, all threads). On a shared machine the
+    CPU time is the steadier figure."""
+    embedder.embed(images[:2], batch_size=chunk)
+    wall, cpu = time.perf_counter(), time.process_time()
+    emb = embedder.embed(images, batch_size=chunk).numpy()
+    n = images.shape[0]
+    return emb, n / (time.perf_counter() - wall), (time.process_time() - cpu) / n
 
 
-def worker(variant: str, cache: Path, n_images: int, speed_images: int, repeats: int,
-           chunk: int) -> dict[str, Any]:
+def worker(variant: str, cache: Path, n_images: int, chunk: int) -> dict[str, Any]:
     """Measure one variant in this process (called in a fresh subprocess)."""
     import torch
 
@@ -82,7 +77,6 @@ def worker(variant: str, cache: Path, n_images: int, speed_images: int, repeats:
 
     rss_torch = _rss_mib()
     images = torch.from_numpy(_images(n_images))
-    speed_batch = images[torch.arange(speed_images) % n_images]
     result: dict[str, Any] = {"variant": variant, "threads": torch.get_num_threads()}
     reference: np.ndarray | None = None
     for precision in PRECISIONS:
@@ -95,8 +89,7 @@ def worker(variant: str, cache: Path, n_images: int, speed_images: int, repeats:
                 result["peak_mib"] = round(_rss_mib("VmHWM"))
                 result["dim"] = model.embedder.embedding_dim
                 result["load_s"] = round(model.load_seconds, 1)
-            emb = model.embedder.embed(images, batch_size=chunk).numpy()
-            rate, cpu_s = _time(model.embedder, speed_batch, repeats, chunk)
+            emb, rate, cpu_s = _timed_embed(model.embedder, images, chunk)
             result[f"{precision}_images_per_s"] = round(rate, 2)
             result[f"{precision}_cpu_s_per_image"] = round(cpu_s, 3)
             del model  # free before the next precision loads
@@ -148,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.variants", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
-                        default=list(VARIANTS))
+                        default=[*(v for v in VARIANTS if v != "ensemble"), "ensemble"],
+                        help="default: all, the ensemble (three backbones) last")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("MODEL_CACHE_DIR", "models")),
                         help="real weights, if there (default: $MODEL_CACHE_DIR or ./models)")
-    parser.add_argument("--images", type=int, default=8, help="photos for the deviations")
-    parser.add_argument("--speed-images", type=int, default=16, help="images per timed round")
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds (best counts)")
+    parser.add_argument("--images", type=int, default=8,
+                        help="photos: timed, and every pair's distance compared")
     parser.add_argument("--chunk", type=int, default=16, help="images per forward pass")
     parser.add_argument("--json", action="store_true", help="also print one JSON line each")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "CACHE"),
@@ -162,22 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         variant, cache = args.worker
-        print(json.dumps(worker(variant, Path(cache), args.images, args.speed_images,
-                                args.repeats, args.chunk)))
+        print(json.dumps(worker(variant, Path(cache), args.images, args.chunk)))
         return 0
 
     pairs = args.images * (args.images - 1) // 2
     print(f"# bench.variants: {platform.node()}, {os.cpu_count()} CPUs, python "
           f"{platform.python_version()}; {args.images} photos ({pairs} pairs), "
-          f"{args.speed_images} images per timed round, chunk {args.chunk}, "
-          f"best of {args.repeats}", flush=True)
+          f"chunk {args.chunk}", flush=True)
     rows = []
     for variant in args.variants:
         scratch = Path(tempfile.mkdtemp(prefix="bench-variants-"))
         try:
             cache, kind = _weights(variant, args.cache_dir, scratch)
             cmd = [sys.executable, "-m", "bench.variants", "--images", str(args.images),
-                   "--speed-images", str(args.speed_images), "--repeats", str(args.repeats),
                    "--chunk", str(args.chunk), "--worker", variant, str(cache)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         finally:
@@ -187,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         result = json.loads(proc.stdout.strip().splitlines()[-1]) | {"weights": kind}
         rows.append(result)
-        if args.json:
-            print(json.dumps(result), flush=True)
+        print(json.dumps(result) if args.json else _row(result), flush=True)
     print("\nimg/s: images per second, wall clock (CPU seconds per image, all threads)")
     print("\n| variant | dim | fp32 img/s | bf16 img/s | fp16 img/s | bf16 max dev | "
           "fp16 max dev | RSS MiB | model MiB | peak MiB |")
