@@ -171,3 +171,10 @@ def test_spreading_benchmark_reports_the_split(tmp_path: Path) -> None:
         out, re.MULTILINE)}
     assert sorted(splits[1]) == [0, 0, 9], out
     assert sum(splits[3]) == 9 and min(splits[3]) >= 2, out
+
+
+def test_bench_variants_covers_every_variant() -> None:
+    from bench.variants import DEFAULT_ORDER
+    from predictor.layout import VARIANTS
+
+    assert sorted(DEFAULT_ORDER) == sorted(VARIANTS)
