@@ -37,10 +37,18 @@ import threading
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
+
+from .decoders import native_pixels
+from .resize import matches_pillow, resize_bicubic
+
+DecodeImpl = Literal["native", "pillow"]
+"""``native``: faster decoders and resize, proven byte-identical (:mod:`.decoders`,
+:mod:`.resize`); ``pillow``: Pillow for every step, the reference they are checked against."""
 
 IMAGE_SIZE = 224
 """Side of the square DreamSim input (``dreamsim_args["img_size"]``)."""
@@ -200,7 +208,7 @@ def _decode_base64(text: str, offset: int, max_bytes: int) -> bytes:
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 fast: bool = False) -> np.ndarray:
+                 fast: bool = False, impl: DecodeImpl = "native") -> np.ndarray:
     """Decode image bytes to DreamSim's 224x224 RGB input, as uint8.
 
     Steps match DreamSim 0.2.1's ``preprocess`` up to ``ToTensor``: first frame, Pillow
@@ -217,7 +225,12 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         fast: for JPEGs, let libjpeg decode at 1/2, 1/4 or 1/8 scale (``Image.draft``),
             never below 224 px a side, before the resize. Much faster on large photos, but
             the pixels differ from DreamSim's (the deviation is measured in the benchmark
-            and README); off by default.
+            and README); off by default. Always decodes and resizes with Pillow.
+        impl: ``native`` (default) decodes PNG and JPEG with libspng / libjpeg-turbo where
+            they are proven to give Pillow's pixels (:func:`.decoders.native_pixels`, Pillow
+            otherwise) and resizes with an exact compiled port of Pillow's bicubic
+            (:func:`.resize.resize_bicubic`); ``pillow`` uses Pillow throughout. Both give
+            the same bytes (``tests/test_decoders.py``); ``native`` takes less CPU time.
 
     Returns:
         A C-contiguous uint8 array of shape ``[3, 224, 224]`` (CHW, RGB).
@@ -248,18 +261,23 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 f"image is {width}x{height} = {width * height} pixels, "
                 f"over the limit of {max_pixels}"
             )
-        try:
-            img.seek(0)  # first frame of animations (Image.open is already there)
-            if fast and img.format == "JPEG":
-                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # scale stays >= the request
-            img.load()
-            rgb = img.convert("RGB")
-        except Image.DecompressionBombError as exc:  # plugins that pick a frame size on load
-            raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
-        except Exception:  # OSError "image file is truncated", SyntaxError, zlib errors...
-            raise ImageInputError("truncated or corrupt image data") from None
+        pixels = native_pixels(img, data) if impl == "native" and not fast else None
+        if pixels is None:
+            try:
+                img.seek(0)  # first frame of animations (Image.open is already there)
+                if fast and img.format == "JPEG":
+                    img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # scale stays >= the request
+                img.load()
+                rgb = img.convert("RGB")
+            except Image.DecompressionBombError as exc:  # plugins that pick a frame size
+                raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
+            except Exception:  # OSError "image file is truncated", SyntaxError, zlib...
+                raise ImageInputError("truncated or corrupt image data") from None
+            if impl == "pillow" or fast:
+                return _to_chw(_resize_like_torchvision(rgb))
+            pixels = np.asarray(rgb)
 
-    return _to_chw(_resize_like_torchvision(rgb))
+    return _chw(_resize(pixels))
 
 
 def _bomb_reason(exc: Exception, max_pixels: int) -> str:
@@ -281,6 +299,24 @@ def _resize_like_torchvision(img: Image.Image) -> Image.Image:
     if img.size == (IMAGE_SIZE, IMAGE_SIZE):
         return img
     return img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+
+
+def _resize(pixels: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic resize to 224x224 of ``[H, W]`` or ``[H, W, 3|4]`` pixels: the
+    compiled port, or Pillow itself where the port does not match the installed Pillow."""
+    if matches_pillow():
+        return resize_bicubic(pixels, (IMAGE_SIZE, IMAGE_SIZE))
+    if pixels.ndim == 3 and pixels.shape[2] != 3:
+        pixels = np.ascontiguousarray(pixels[:, :, :3])
+    img = Image.fromarray(pixels)
+    return np.asarray(_resize_like_torchvision(img))
+
+
+def _chw(pixels: np.ndarray) -> np.ndarray:
+    """``[224, 224]`` gray (R = G = B) or ``[224, 224, 3]`` RGB to C-contiguous CHW."""
+    if pixels.ndim == 2:
+        return np.ascontiguousarray(np.broadcast_to(pixels, (3, *pixels.shape)))
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def _to_chw(img: Image.Image) -> np.ndarray:

@@ -124,8 +124,9 @@ class ImageLoader:
         started = time.perf_counter()
         try:
             pixels = decode_image(data, max_pixels=self.settings.max_image_pixels,
-                                  fast=self.settings.decode_mode == "fast")
-            return pixels, hashlib.blake2b(pixels.tobytes(), digest_size=16).digest()
+                                  fast=self.settings.decode_mode == "fast",
+                                  impl=self.settings.decode_impl)
+            return pixels, hashlib.blake2b(pixels.data, digest_size=16).digest()
         finally:
             metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
 

@@ -49,6 +49,7 @@ from .fetch import make_client
 from .inputs import ImageLoader, LoadedImages
 from .pipeline import ChunkSender
 from .predictor_client import Embeddings, PredictorClient
+from .resize import warm_up as warm_up_resize
 from .schemas import (
     MAX_PAIR_ID_LENGTH,
     EmbedRequest,
@@ -108,8 +109,11 @@ class SimilarityTransformer(Model):
         self.predictor_info: dict[str, Any] = {}
 
     def load(self) -> bool:
-        # Nothing to load here; whether requests can be served is the predictor's readiness,
-        # which /health reports.
+        # Only the resize kernels to compile (cached on disk after the first start), so the
+        # first request does not pay for it; whether requests can be served is the
+        # predictor's readiness, which /health reports.
+        if self.settings.decode_impl == "native":
+            warm_up_resize()
         self.ready = True
         return self.ready
 

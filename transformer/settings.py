@@ -69,6 +69,10 @@ class TransformerSettings(LogSettings):
                     "after all its images are decoded)")
     decode_mode: Literal["exact", "fast"] = Field(
         "exact", description="fast: JPEG draft decoding (not bit-identical to DreamSim)")
+    decode_impl: Literal["native", "pillow"] = Field(
+        "native", description="native: libspng/libjpeg-turbo decoders and a compiled port of "
+                              "Pillow's resize, byte-identical and faster; pillow: Pillow for "
+                              "every step (the reference)")
 
     url_fetch_enabled: bool = Field(True, description="false: URL inputs are refused (4xx)")
     url_allowed_networks: str = Field(
