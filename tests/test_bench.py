@@ -148,15 +148,24 @@ def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
 
 
 @pytest.mark.slow
-def test_transformer_alone_benchmark_reports_both_decode_modes(tmp_path: Path) -> None:
+def test_transformer_alone_benchmark_compares_pillow_and_native(tmp_path: Path) -> None:
     """bench.transformer_alone at 2 pairs: the real transformer before an instant stand-in
-    predictor, exact and fast decoding."""
-    out = _run_bench("bench.transformer_alone", ["--pairs", "2", "--repeats", "1",
-                                                 "--clients", "2", "--rounds", "1"],
+    predictor, DECODE_IMPL=pillow against native: CPU per image by format and size, CPU
+    per pair, and the check that both sent byte-identical tensors."""
+    out = _run_bench("bench.transformer_alone", ["--pairs", "2", "--requests", "1",
+                                                 "--clients", "2", "--rounds", "1",
+                                                 "--decode-images", "4",
+                                                 "--decode-repeats", "1"],
                      None, tmp_path)
-    modes = re.findall(r"^DECODE_MODE=(exact|fast): one request of 2 pairs [0-9]+ ms .* "
-                       r"([0-9.]+) pairs/s", out, re.MULTILINE)
-    assert [m[0] for m in modes] == ["exact", "fast"] and all(float(m[1]) > 0 for m in modes)
+    assert "tensors identical: True" in out, out
+    assert re.search(r"^\| all \| 500-1100 px \| 4 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", out,
+                     re.MULTILINE), out
+    impls = re.findall(r"^DECODE_IMPL=(pillow|native): one request of 2 pairs [0-9]+ ms .* "
+                       r"([0-9.]+) pairs/s per core; .* ([0-9.]+) pairs/s on", out, re.MULTILINE)
+    assert [i[0] for i in impls] == ["pillow", "native"], out
+    assert all(float(i[1]) > 0 and float(i[2]) > 0 for i in impls), out
+    assert re.search(r"^tensors sent to the stand-in: 16 \(pillow\), 16 \(native\); "
+                     r"byte-identical: yes$", out, re.MULTILINE), out
     assert "FAKE" in out  # the stand-in says what it is
 
 

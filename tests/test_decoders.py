@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.imagecorpus import Sample, jpeg_corpus, photo_pixels, png_bytes, png_corpus
-from transformer.decoders import native_pixels
+from transformer.decoders import _png_8bit, native_pixels
 from transformer.images import ImageInputError, decode_image
 from transformer.resize import coefficients, resize_bicubic
 
@@ -75,6 +75,24 @@ def test_fast_decoders_cover_the_proven_kinds_and_only_those() -> None:
         assert fast_path_taken(sample) == expected, sample.name
     for sample in JPEG_SAMPLES:
         assert fast_path_taken(sample) == ("CMYK" not in sample.name), sample.name
+
+
+def test_own_png_path_covers_8bit_gray_rgb_rgba_every_filter() -> None:
+    """libdeflate + the compiled unfilter (not libspng) decode these, identically."""
+    taken = 0
+    for sample in PNG_SAMPLES:
+        data = sample.data
+        width, height = struct.unpack(">II", data[16:24])
+        own = _png_8bit(data, (width, height))
+        expected = data[24] == 8 and data[25] in (0, 2, 6) and data[28] == 0
+        assert (own is not None) == expected, sample.name
+        if own is not None:
+            taken += 1
+            with Image.open(io.BytesIO(data)) as img:
+                want = np.asarray(img.convert("RGB"))
+            got = own if own.ndim == 3 else own[:, :, None]
+            assert np.array_equal(np.broadcast_to(got[:, :, :3], want.shape), want), sample.name
+    assert taken >= 60
 
 
 def test_photographs_identical() -> None:

@@ -35,6 +35,7 @@ from service_common import logs
 from . import access_log, metrics, routes_guard
 from .admission import Admission
 from .cache import EmbeddingCache
+from .decoders import warm_up as warm_up_decoders
 from .embeddings import ImagePlan, embeddings_in_order, plan_images
 from .errors import (
     BadRequest,
@@ -113,6 +114,7 @@ class SimilarityTransformer(Model):
         # first request does not pay for it; whether requests can be served is the
         # predictor's readiness, which /health reports.
         if self.settings.decode_impl == "native":
+            warm_up_decoders()
             warm_up_resize()
         self.ready = True
         return self.ready

@@ -3,11 +3,15 @@
 FAKE, on purpose: the real predictor never answers slowly on demand, with a wrong shape or
 with NaNs. This one speaks the same KServe v2 gRPC protocol and does exactly that, so the
 transformer's handling of each fault can be tested. Everything else uses the real one.
+
+It can also record what it receives (``record``: a file that gets one BLAKE2b digest per
+image tensor), so that a benchmark can check that two transformers sent the same bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import sys
 import tempfile
@@ -25,9 +29,10 @@ from tests.procs import free_port, python_cmd, running
 
 
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, behaviour: str, delay_s: float) -> None:
+    def __init__(self, behaviour: str, delay_s: float, record: str = "") -> None:
         self.behaviour = behaviour
         self.delay_s = delay_s
+        self.record = record
 
     async def ServerReady(self, request, context):  # noqa: N802 (gRPC naming)
         return pb.ServerReadyResponse(ready=True)
@@ -38,6 +43,13 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):  # noqa: N802
         n = request.inputs[0].shape[0]
         print(f"infer images={n}", flush=True)  # counted by the load-spreading tests
+        if self.record and n:
+            raw = request.raw_input_contents[0]
+            size = len(raw) // n
+            with open(self.record, "a") as f:
+                f.writelines(hashlib.blake2b(raw[i * size:(i + 1) * size],
+                                             digest_size=16).hexdigest() + "\n"
+                             for i in range(n))
         await asyncio.sleep(self.delay_s)
         if self.behaviour == "wrong-shape":
             out = np.ones((max(1, n - 1), 768), np.float32)
@@ -51,9 +63,10 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
                                      raw_output_contents=[out.tobytes()])
 
 
-async def _serve(port: int, behaviour: str, delay_s: float) -> None:
+async def _serve(port: int, behaviour: str, delay_s: float, record: str = "") -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(behaviour, delay_s), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(behaviour, delay_s, record),
+                                                       server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -61,11 +74,13 @@ async def _serve(port: int, behaviour: str, delay_s: float) -> None:
 
 @contextmanager
 def fake_predictor(behaviour: str = "ok", delay_s: float = 0.0, *,
-                   log_path: Path | None = None) -> Iterator[str]:
+                   log_path: Path | None = None, record: Path | None = None) -> Iterator[str]:
     """Run the fake as its own process on 127.0.0.1; yields ``host:port`` once it answers.
-    Its output (a line ``infer images=N`` per call) goes to ``log_path`` when given."""
+    Its output (a line ``infer images=N`` per call) goes to ``log_path`` when given. With
+    ``record``, it appends a digest line per image it receives to that file."""
     port = free_port()
-    cmd = python_cmd("tests.transformer.fake_predictor", str(port), behaviour, str(delay_s))
+    cmd = python_cmd("tests.transformer.fake_predictor", str(port), behaviour, str(delay_s),
+                     str(record or ""))
     with tempfile.TemporaryDirectory() as tmp:
         with running(cmd, log_path=log_path or Path(tmp) / "fake.log") as proc:
             deadline = time.monotonic() + 30
@@ -81,4 +96,5 @@ def _listening(port: int) -> bool:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2], float(sys.argv[3])))
+    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]),
+                       sys.argv[4] if len(sys.argv) > 4 else ""))
