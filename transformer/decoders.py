@@ -235,7 +235,8 @@ def _paeth(line: np.ndarray, up: np.ndarray, dst: np.ndarray, n: int,
 
 def warm_up() -> None:
     """Compile the PNG unfilter now rather than in the first request."""
-    rows = np.zeros((2, 7), dtype=np.uint8)
     for kind in range(5):
-        rows[:, 0] = kind
-        _unfilter(rows, 3, np.empty((2, 6), dtype=np.uint8))
+        for bpp in (1, 3, 4):
+            rows = bytes([kind] + [7] * 12) * 2  # read-only, as decoded bytes are
+            _unfilter(np.frombuffer(rows, dtype=np.uint8).reshape(2, 13), bpp,
+                      np.empty((2, 12), dtype=np.uint8))

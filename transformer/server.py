@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -110,12 +111,12 @@ class SimilarityTransformer(Model):
         self.predictor_info: dict[str, Any] = {}
 
     def load(self) -> bool:
-        # Only the resize kernels to compile (cached on disk after the first start), so the
-        # first request does not pay for it; whether requests can be served is the
-        # predictor's readiness, which /health reports.
+        # Nothing to load; whether requests can be served is the predictor's readiness,
+        # which /health reports. The native decoders' compiled kernels are compiled (or
+        # read from numba's disk cache) in the background so that start-up is not delayed;
+        # a request arriving meanwhile waits for them.
         if self.settings.decode_impl == "native":
-            warm_up_decoders()
-            warm_up_resize()
+            threading.Thread(target=_warm_up_native, name="warm-up", daemon=True).start()
         self.ready = True
         return self.ready
 
@@ -287,6 +288,14 @@ class SimilarityTransformer(Model):
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _warm_up_native() -> None:
+    try:
+        warm_up_decoders()
+        warm_up_resize()
+    except Exception:  # never fatal: the first request compiles instead, or fails loudly
+        log.exception("warming up the native decoders failed")
 
 
 def _validation_items(error: ValidationError, body: Any, list_key: str,
