@@ -121,6 +121,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "netpol-no-url": {"networkPolicy": {"transformer": {"urlEgress": False}}},
     "netpol-off": {"networkPolicy": {"enabled": False}},
+    # The CPU-only profile users install (issue 14), as shipped.
+    "cpu-profile": yaml.safe_load((CHART / "values-cpu.yaml").read_text()),
     # What `make kind-test` installs (CPU, side-loaded images, an existing PVC).
     "kind": yaml.safe_load((Path(__file__).with_name("values-kind.yaml")).read_text()),
 }
