@@ -19,7 +19,7 @@ import yaml
 from tests.procs import REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "image-similarity-service"
-MANIFESTS = REPO_ROOT / "manifests"
+MANIFESTS = REPO_ROOT / "manifests" / "base"
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 # Not Kubernetes objects: kustomize's own files.
 KUSTOMIZE_FILES = {"kustomization.yaml", "kustomizeconfig.yaml"}

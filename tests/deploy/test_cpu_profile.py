@@ -14,7 +14,7 @@ import yaml
 
 from tests.deploy.render import MANIFESTS, VALUE_SETS, container, env_of, one, render
 
-OVERLAY = MANIFESTS / "overlays" / "cpu"
+OVERLAY = MANIFESTS.parent / "overlays" / "cpu"
 
 
 def _isvc() -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The chart's NetworkPolicies: who reaches the predictor, where the transformer may go.
 
 Strict schema validation of the rendered policies happens with every other object in
-test_validate.py (the ``netpol-*`` value sets); parity with manifests/networkpolicy.yaml in
+test_validate.py (the ``netpol-*`` value sets); parity with manifests/base/networkpolicy.yaml in
 test_parity.py. Here: selectors, ports, peers and ipBlocks, for the defaults and each option.
 """
 
@@ -204,7 +204,7 @@ def test_pod_labels_override() -> None:
 
 
 def test_manifests_have_the_same_policies() -> None:
-    """manifests/networkpolicy.yaml selects the InferenceService of manifests/."""
+    """manifests/base/networkpolicy.yaml selects the InferenceService of manifests/."""
     (isvc,) = [o for _, o in manifest_objects() if o["kind"] == "InferenceService"]
     nps = {o["metadata"]["name"]: o for _, o in manifest_objects()
            if o["kind"] == "NetworkPolicy"}

@@ -48,7 +48,7 @@ def test_weights_and_routes_agree() -> None:
 
 
 def test_networkpolicies_agree() -> None:
-    """manifests/networkpolicy.yaml is what the chart renders by default (hooks aside)."""
+    """manifests/base/networkpolicy.yaml is what the chart renders by default (hooks aside)."""
     chart = {o["metadata"]["name"]: o for o in render() if o["kind"] == "NetworkPolicy"}
     plain = {o["metadata"]["name"]: o for _, o in manifest_objects()
              if o["kind"] == "NetworkPolicy"}

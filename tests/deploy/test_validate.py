@@ -208,7 +208,7 @@ def test_kustomization_builds_everything() -> None:
 
 
 def test_yamllint() -> None:
-    files = [*MANIFESTS.glob("*.yaml"), REPO_ROOT / "docker-compose.yml",
+    files = [*MANIFESTS.parent.rglob("*.yaml"), REPO_ROOT / "docker-compose.yml",
              REPO_ROOT / "charts" / "image-similarity-service" / "values.yaml",
              REPO_ROOT / "charts" / "image-similarity-service" / "Chart.yaml"]
     config = Path(__file__).with_name("yamllint.yaml")
