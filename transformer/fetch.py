@@ -17,11 +17,20 @@ the proxy, not the target.
 
 Redirects are followed here, one hop at a time, at most ``max_redirects`` of them
 (``URL_MAX_REDIRECTS``), whatever the client's own setting.
+
+Content codings: the client asks for ``Accept-Encoding: identity`` and refuses any answer
+with another ``Content-Encoding``; the body is read raw (``aiter_raw``), so the size cap
+holds on the bytes the decoder will see and a few hundred compressed bytes can never
+expand to gigabytes in memory (a gzip bomb, or ``gzip, gzip`` chains).
+
+No cookies: the client is shared by every request of every user, so its jar refuses to
+store anything; a ``Set-Cookie`` from one fetch is never sent on another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -33,6 +42,7 @@ from .netguard import (
     BlockedAddress,
     GuardedBackend,
     IPNetwork,
+    Resolver,
     ip_literal,
     numeric_host,
 )
@@ -46,16 +56,39 @@ _MAX_REASON_CHARS = 200
 class FetchError(Exception):
     """Fetching an image URL failed; `reason` is a short human sentence for the client."""
 
-    def __init__(self, reason: str, *, status_code: int | None = None) -> None:
+    def __init__(self, reason: str, *, status_code: int | None = None,
+                 detail: str | None = None) -> None:
         """Store the reason and the upstream status.
 
         Args:
             reason: Short human-readable sentence, safe to return to the client.
             status_code: The HTTP status the URL answered with, when it answered non-2xx.
+            detail: More for the server log only (internal addresses), or None.
         """
         super().__init__(reason)
         self.reason = reason
         self.status_code = status_code
+        self.detail = detail
+
+
+class _NoCookies(http.cookiejar.CookiePolicy):
+    """A cookie policy that stores and returns nothing: the client is shared by all users."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: object) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: object) -> bool:
+        return False
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
@@ -96,17 +129,20 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 def make_client(
-    *, max_connections: int = 32, allowed_networks: Sequence[IPNetwork] = ()
+    *, max_connections: int = 32, allowed_networks: Sequence[IPNetwork] = (),
+    resolver: Resolver | None = None,
 ) -> httpx.AsyncClient:
     """Build the shared client for image fetches.
 
     Per-phase httpx timeouts are off: :func:`fetch_image_bytes` enforces one overall
     deadline instead. Proxies and netrc from the environment are ignored (``trust_env``).
+    Only uncompressed answers are asked for, and no cookie is ever kept.
 
     Args:
         max_connections: Most simultaneous connections across all hosts.
         allowed_networks: Networks reachable even inside a blocked range
             (``URL_ALLOWED_NETWORKS``); by default only global addresses are.
+        resolver: DNS lookups (``DNS_WORKERS``, ``DNS_TIMEOUT``); a shared default if None.
 
     Returns:
         An ``httpx.AsyncClient``; close it with ``await client.aclose()``.
@@ -114,8 +150,11 @@ def make_client(
     limits = httpx.Limits(max_connections=max_connections,
                           max_keepalive_connections=max_connections)
     return httpx.AsyncClient(
-        headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"},
-        transport=GuardedTransport(policy=AddressPolicy(allowed=tuple(allowed_networks)),
+        headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5",
+                 "Accept-Encoding": "identity"},
+        cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
+        transport=GuardedTransport(policy=AddressPolicy(allowed=tuple(allowed_networks),
+                                                        resolver=resolver),
                                    limits=limits),
         timeout=httpx.Timeout(None),
         follow_redirects=False,
@@ -150,7 +189,7 @@ async def fetch_image_bytes(
         return await asyncio.wait_for(_fetch(client, url, max_bytes, max_redirects),
                                       timeout=timeout_s)
     except BlockedAddress as exc:
-        raise FetchError(exc.reason) from None
+        raise FetchError(exc.reason, detail=exc.detail) from None
     except asyncio.TimeoutError:
         raise FetchError(f"timed out after {timeout_s:g} s fetching the URL") from None
     except httpx.TooManyRedirects:
@@ -208,12 +247,16 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
         raise FetchError(
             f"URL answered HTTP {response.status_code}", status_code=response.status_code
         )
+    encoding = ",".join(response.headers.get_list("Content-Encoding")).strip().lower()
+    if encoding not in ("", "identity"):
+        raise FetchError(f"the URL answered with Content-Encoding {encoding[:50]!r}; only "
+                         "uncompressed answers (identity) are accepted")
     too_large = f"image is larger than the {max_bytes / _MB:g} MB limit"
     length = response.headers.get("Content-Length", "")
     if length.strip().isdigit() and int(length) > max_bytes:
         raise FetchError(f"{too_large} (Content-Length {int(length)})")
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():  # never decompressed: the bytes counted are kept
         body += chunk
         if len(body) > max_bytes:
             raise FetchError(too_large)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -30,6 +31,8 @@ from .images import ImageInputError, decode_image, parse_image_input
 from .pipeline import ChunkSender
 from .schemas import ErrorItem, PairId
 from .settings import TransformerSettings
+
+log = logging.getLogger("transformer.inputs")
 
 URL_FETCH_DISABLED = "URL inputs are disabled on this service (URL_FETCH_ENABLED=false)"
 
@@ -142,6 +145,8 @@ class ImageLoader:
                 try:
                     data = await self._fetch(ref.url)
                 except FetchError as e:
+                    if e.detail:  # internal names and addresses: the log, not the client
+                        log.info("URL refused: %s (URL %s)", e.detail[:300], ref.url[:200])
                     raise ImageInputError(f"{e.reason} (URL {ref.url[:200]})") from None
             else:
                 assert ref.data is not None

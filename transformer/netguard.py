@@ -6,18 +6,24 @@ cluster. Without a policy a client could reach the cloud metadata endpoint
 (NOTES.md section 6, after OWASP's SSRF prevention cheat sheet and the IANA special-purpose
 address registries, RFC 6890):
 
-* the host is resolved once (``loop.getaddrinfo``, so inside the fetch deadline); numeric
+* the host is resolved once (by :class:`Resolver`: a few dedicated threads and a deadline,
+  so inside the fetch deadline and never in a pool other work needs); numeric
   forms are read with ``inet_aton`` semantics (``2130706433``, ``0x7f.0.0.1``, ``0177.1``,
   ``127.1`` all mean 127.0.0.1), IPv4-mapped IPv6 (``::ffff:a.b.c.d``) is the IPv4 host;
 * EVERY resolved address is checked against :data:`BLOCKED_NETWORKS`, the IPv4 address
-  embedded in IPv4-compatible, 6to4, NAT64 and Teredo addresses is checked too, and anything
+  embedded in IPv4-compatible, IPv4-translated, 6to4, NAT64 and Teredo addresses is checked
+  too, and anything
   else ``ipaddress`` does not call global is refused; one blocked address rejects the host
   (a resolver answering a public and a private address must not be a coin toss);
 * the connection goes to the checked address, with no second lookup (DNS rebinding);
   httpcore passes the original host name separately for TLS SNI and certificate checks, and
   the Host header is the URL's, so virtual hosts and HTTPS work unchanged;
 * networks in the operator's allow-list (``URL_ALLOWED_NETWORKS``) are accepted even inside
-  a blocked range, e.g. an in-cluster object store.
+  a blocked range, e.g. an in-cluster object store;
+* what a client is told names no internal address: a *name* that resolves to a blocked
+  address and a name that does not resolve get the same answer (no oracle for which
+  internal names exist or where they point); the details go to the server log. A numeric
+  host is the client's own text, so its answer says what kind of address it is.
 
 :class:`GuardedBackend` is an httpcore network backend doing the above in ``connect_tcp``;
 every connection, redirect hops included, goes through it.
@@ -28,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import httpcore
@@ -78,14 +85,104 @@ BLOCKED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = (
 # embedded address must pass the policy too, or [2002:7f00:1::] would be a way to 127.0.0.1.
 _NAT64 = _net("64:ff9b::/96")  # RFC 6052 well-known prefix: the v4 address is the low 32 bits
 _IPV4_COMPATIBLE = _net("::/96")  # RFC 4291, deprecated: ::a.b.c.d
+_IPV4_TRANSLATED = _net("::ffff:0:0:0/96")  # RFC 2765/6145 SIIT: ::ffff:0:a.b.c.d
 
 
 class BlockedAddress(Exception):
-    """A URL host is not allowed by the policy; `reason` is a sentence for the client."""
+    """A URL host is not allowed by the policy.
 
-    def __init__(self, reason: str) -> None:
+    Attributes:
+        reason: a sentence for the client (no internal address in it).
+        detail: what the server log gets (the addresses and why), or None.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
+
+
+def _not_public(host: str) -> str:
+    """The one answer for a name that does not resolve or resolves to a blocked address."""
+    return (f"URL host {host[:200]!r} does not resolve to a public address "
+            "(see URL_ALLOWED_NETWORKS)")
+
+
+class Resolver:
+    """Host name lookups on a few dedicated daemon threads, each under a deadline.
+
+    ``getaddrinfo`` cannot be cancelled: a lookup whose DNS server never answers keeps its
+    thread until the C resolver gives up (``resolv.conf`` timeout x attempts). Here such a
+    lookup holds one of at most ``workers`` threads of its own, never a thread of the event
+    loop's default pool or the decoding pool; once all ``workers`` are taken, further
+    lookups are refused at once instead of queueing behind them. Daemon threads: a lookup
+    that never returns cannot hold up the process's exit.
+
+    Args:
+        workers: lookups in progress at once, abandoned ones included.
+        timeout_s: longest wait for one lookup.
+    """
+
+    def __init__(self, *, workers: int = 4, timeout_s: float = 5.0) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        """Threads looking up now (abandoned lookups included)."""
+        return self._busy
+
+    async def getaddrinfo(self, host: str, port: int) -> list[tuple[object, ...]]:
+        """``socket.getaddrinfo(host, port)`` for TCP, within ``timeout_s``.
+
+        Raises:
+            BlockedAddress: no answer in time, every thread busy, or the lookup failed.
+        """
+        with self._lock:
+            if self._busy >= self.workers:
+                raise BlockedAddress(_not_public(host),
+                                     f"DNS: all {self.workers} lookup threads busy")
+            self._busy += 1
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[tuple[object, ...]]] = loop.create_future()
+
+        def settle(result: object, error: BaseException | None) -> None:
+            if done.done():  # abandoned after the deadline
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)  # type: ignore[arg-type]
+
+        def work() -> None:
+            result: object = None
+            error: BaseException | None = None
+            try:
+                result = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                            proto=socket.IPPROTO_TCP)
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting coroutine)
+                error = exc
+            finally:
+                with self._lock:
+                    self._busy -= 1
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        threading.Thread(target=work, name="dns", daemon=True).start()
+        try:
+            return await asyncio.wait_for(done, timeout=self.timeout_s)
+        except asyncio.TimeoutError:
+            raise BlockedAddress(_not_public(host),
+                                 f"DNS: no answer within {self.timeout_s:g} s") from None
+        except (OSError, ValueError) as exc:  # gaierror; UnicodeError, NUL in the name
+            raise BlockedAddress(_not_public(host), f"DNS: {exc}") from None
+
+
+_DEFAULT_RESOLVER = Resolver()
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -145,6 +242,8 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, st
         return ip.sixtofour, "6to4"
     if ip.teredo is not None:
         return ip.teredo[1], "Teredo"
+    if ip in _IPV4_TRANSLATED:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF), "IPv4-translated"
     if ip in _IPV4_COMPATIBLE and int(ip) > 1:
         return ipaddress.IPv4Address(int(ip)), "IPv4-compatible"
     return None
@@ -156,9 +255,11 @@ class AddressPolicy:
 
     Attributes:
         allowed: Networks accepted even inside a blocked range (``URL_ALLOWED_NETWORKS``).
+        resolver: Where names are looked up (a shared default one when None).
     """
 
     allowed: tuple[IPNetwork, ...] = ()
+    resolver: Resolver | None = field(default=None, compare=False)
 
     def why_blocked(self, ip: IPAddress) -> str | None:
         """None when `ip` may be connected to, else what kind of address it is."""
@@ -184,12 +285,16 @@ class AddressPolicy:
 
     def check(self, host: str, addresses: Sequence[IPAddress]) -> None:
         """Raise :class:`BlockedAddress` unless every one of `addresses` is allowed."""
+        numeric = numeric_host(host) is not None
         for ip in addresses:
             why = self.why_blocked(ip)
-            if why is not None:
-                name = "URL host" if ip_literal(host) == ip else f"URL host {host!r}"
-                raise BlockedAddress(f"{name} resolves to {ip}, {why}: "
-                                     "blocked (see URL_ALLOWED_NETWORKS)")
+            if why is None:
+                continue
+            name = "URL host" if ip_literal(host) == ip else f"URL host {host!r}"
+            detail = f"{name} resolves to {ip}, {why}: blocked (see URL_ALLOWED_NETWORKS)"
+            if numeric:  # the client's own text: saying what it means reveals nothing
+                raise BlockedAddress(detail, detail)
+            raise BlockedAddress(_not_public(host), detail)
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
         """Resolve `host` once and check every address; return them in resolver order.
@@ -197,26 +302,22 @@ class AddressPolicy:
         IPv4-mapped IPv6 answers are returned as the IPv4 address they mean.
 
         Raises:
-            BlockedAddress: The host does not resolve, or any address is blocked.
+            BlockedAddress: The host does not resolve (in time), or any address is blocked.
         """
         ip = numeric_host(host)
         if ip is not None:
             found = [ip]
         else:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                               proto=socket.IPPROTO_TCP)
-            except (OSError, ValueError):  # gaierror; UnicodeError, NUL: names no DNS holds
-                raise BlockedAddress(f"cannot resolve host {host!r}") from None
+            resolver = self.resolver if self.resolver is not None else _DEFAULT_RESOLVER
+            infos = await resolver.getaddrinfo(host, port)
             found = []
             for family, *_, sockaddr in infos:
                 if family in (socket.AF_INET, socket.AF_INET6):
-                    addr = ipaddress.ip_address(str(sockaddr[0]))
+                    addr = ipaddress.ip_address(str(sockaddr[0]))  # type: ignore[index]
                     if addr not in found:
                         found.append(addr)
             if not found:
-                raise BlockedAddress(f"cannot resolve host {host!r}")
+                raise BlockedAddress(_not_public(host), "DNS: no IPv4 or IPv6 address")
         self.check(host, found)
         return [a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped
                 else a for a in found]

@@ -48,6 +48,7 @@ from .errors import (
     TooManyPairs,
 )
 from .fetch import make_client
+from .netguard import Resolver
 from .inputs import ImageLoader, LoadedImages
 from .pipeline import ChunkSender
 from .predictor_client import Embeddings, PredictorClient
@@ -126,7 +127,10 @@ class SimilarityTransformer(Model):
             self._loader = ImageLoader(self.settings, executor=self.executor, cache=self.cache,
                                        client=make_client(
                                            max_connections=self.settings.url_fetch_concurrency,
-                                           allowed_networks=self.settings.allowed_networks))
+                                           allowed_networks=self.settings.allowed_networks,
+                                           resolver=Resolver(
+                                               workers=self.settings.dns_workers,
+                                               timeout_s=self.settings.dns_timeout)))
         return self._loader
 
     @property

@@ -80,6 +80,13 @@ class TransformerSettings(LogSettings):
                         "blocked range (private, loopback, link-local...), e.g. 10.2.0.0/16")
     url_max_redirects: int = Field(5, ge=0, le=20,
                                    description="redirects followed per URL, at most")
+    dns_workers: int = Field(4, ge=1, le=64,
+                             description="threads resolving URL hosts; a lookup that never "
+                                         "returns holds one, and when all are held further "
+                                         "lookups are refused at once")
+    dns_timeout: float = Field(5.0, gt=0, le=60,
+                               description="seconds one DNS lookup may take (then the URL "
+                                           "is refused)")
 
     @field_validator("url_allowed_networks")
     @classmethod

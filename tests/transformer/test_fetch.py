@@ -7,6 +7,7 @@ Loopback is blocked by the address policy, so the clients here allow 127.0.0.2/3
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import sys
 import threading
@@ -36,9 +37,16 @@ HOST = "127.0.0.2"
 ALLOWED = parse_networks(f"{HOST}/32")
 
 
+# 10 MB of zeros, gzipped twice: a few hundred bytes on the wire ("Content-Encoding: gzip,
+# gzip"); a client that decodes codings would hold the 10 MB (or far more with a bigger one).
+BOMB_PLAIN_BYTES = 10_000_000
+GZIP_BOMB = gzip.compress(gzip.compress(bytes(BOMB_PLAIN_BYTES), 9), 9)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen_user_agents: list[str] = []
+    seen_headers: list[dict[str, str]] = []
 
     def log_message(self, format: str, *args: object) -> None:  # keep the test output quiet
         pass
@@ -51,6 +59,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         Handler.seen_user_agents.append(self.headers.get("User-Agent", ""))
+        Handler.seen_headers.append({k.lower(): v for k, v in self.headers.items()})
         path = self.path
         try:
             if path == "/image.png":
@@ -60,6 +69,16 @@ class Handler(BaseHTTPRequestHandler):
                 body = b"nope"
                 self._headers(int(path[1:]), {"Content-Length": str(len(body))})
                 self.wfile.write(body)
+            elif path.startswith("/gzip"):  # /gzip-bomb: gzip, gzip; /gzip-small: one gzip
+                body = GZIP_BOMB if path == "/gzip-bomb" else gzip.compress(IMAGE)
+                coding = "gzip, gzip" if path == "/gzip-bomb" else "gzip"
+                self._headers(200, {"Content-Encoding": coding,
+                                    "Content-Length": str(len(body))})
+                self.wfile.write(body)
+            elif path == "/set-cookie":  # a cookie the next fetch must not carry
+                self._headers(200, {"Set-Cookie": "session=user-a; Path=/",
+                                    "Content-Length": str(len(IMAGE))})
+                self.wfile.write(IMAGE)
             elif path.startswith("/redirect/"):
                 hops = int(path.rsplit("/", 1)[1])
                 target = f"/redirect/{hops - 1}" if hops > 1 else "/image.png"
@@ -253,3 +272,39 @@ def test_make_client_settings() -> None:
         assert transport.policy.allowed == ALLOWED
     finally:
         asyncio.run(client.aclose())
+
+
+# --- content codings (issue 10, finding 1) ---------------------------------------------------
+
+def test_asks_for_uncompressed_answers(base_url: str) -> None:
+    Handler.seen_headers.clear()
+    assert fetch(f"{base_url}/image.png") == IMAGE
+    assert Handler.seen_headers[-1]["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize(("path", "coding"), [("/gzip-bomb", "gzip, gzip"),
+                                              ("/gzip-small", "gzip")])
+def test_compressed_answers_are_refused_undecoded(base_url: str, path: str,
+                                                  coding: str) -> None:
+    # The bomb is 10 MB decoded against a 1 MB cap; before the fix httpx decoded both
+    # layers chunk by chunk with no output cap (a 475-byte body took 776 MB).
+    assert len(GZIP_BOMB) < 20_000
+    err = fetch_error(f"{base_url}{path}", max_bytes=1_000_000)
+    assert err.reason == (f"the URL answered with Content-Encoding {coding!r}; only "
+                          "uncompressed answers (identity) are accepted")
+
+
+# --- cookies (finding 6) -----------------------------------------------------------------------
+
+def test_no_cookie_is_kept_between_fetches(base_url: str) -> None:
+    # One shared client serves every user: a cookie set for one fetch must not be sent on
+    # the next (before the fix, httpx's jar sent "session=user-a" back).
+    Handler.seen_headers.clear()
+
+    async def two(c: httpx.AsyncClient) -> None:
+        await fetch_image_bytes(c, f"{base_url}/set-cookie", timeout_s=5, max_bytes=MAX_BYTES)
+        await fetch_image_bytes(c, f"{base_url}/image.png", timeout_s=5, max_bytes=MAX_BYTES)
+        assert len(c.cookies) == 0
+
+    run(two)
+    assert [h.get("cookie") for h in Handler.seen_headers] == [None, None]

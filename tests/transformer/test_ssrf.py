@@ -38,6 +38,7 @@ from transformer.netguard import (
     BlockedAddress,
     GuardedBackend,
     IPNetwork,
+    Resolver,
     numeric_host,
     parse_networks,
 )
@@ -153,6 +154,21 @@ def refused(url: str, *, allowed: Sequence[IPNetwork] = ALLOWED, max_redirects: 
     return reason
 
 
+def not_public(name: str) -> str:
+    """What a client is told about a name that resolves to a blocked address, or not at all."""
+    return f"URL host {name!r} does not resolve to a public address (see URL_ALLOWED_NETWORKS)"
+
+
+def refused_detail(url: str, *, fast: bool = True) -> tuple[str, str]:
+    """The reason `url` is refused (for the client) and the detail (for the log only)."""
+    start = time.perf_counter()
+    with pytest.raises(FetchError) as excinfo:
+        fetch(url)
+    if fast:
+        assert time.perf_counter() - start < FAST_S
+    return excinfo.value.reason, excinfo.value.detail or ""
+
+
 Answers = dict[str, list[str]]
 FakeDns = Callable[..., list[str]]
 
@@ -257,6 +273,11 @@ BLOCKED_LITERALS = [
     ("[64:ff9b::7f00:1]", "a loopback address in NAT64 form (127.0.0.1)"),
     ("[64:ff9b::169.254.169.254]", "a link-local address in NAT64 form (169.254.169.254)"),
     ("[64:ff9b::10.0.0.5]", "a private address in NAT64 form (10.0.0.5)"),
+    # RFC 6145 IPv4-translated (::ffff:0:a.b.c.d); Python calls them global (issue 10, 8)
+    ("[::ffff:0:7f00:1]", "a loopback address in IPv4-translated form (127.0.0.1)"),
+    ("[::ffff:0:169.254.169.254]", "a link-local address in IPv4-translated form "
+                                   "(169.254.169.254)"),
+    ("[::ffff:0:10.0.0.5]", "a private address in IPv4-translated form (10.0.0.5)"),
     ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]",  # RFC 4380's Teredo example, client 192.0.2.45
      "a documentation address in Teredo form (192.0.2.45)"),
 ]
@@ -306,17 +327,21 @@ def test_dotted_octal_is_refused_naming_what_it_means(trap: Server) -> None:
 
 @pytest.mark.parametrize("name", ["localhost", "LOCALHOST"])
 def test_localhost_is_blocked(name: str, trap: Server) -> None:
-    reason = refused(f"http://{name}:{trap.port}/image.png")
-    assert reason.startswith(f"URL host {name.lower()!r} resolves to "), reason
-    assert "a loopback address: blocked (see URL_ALLOWED_NETWORKS)" in reason
+    reason, detail = refused_detail(f"http://{name}:{trap.port}/image.png")
+    assert reason == not_public(name.lower())
+    assert detail.startswith(f"URL host {name.lower()!r} resolves to "), detail
+    assert "a loopback address: blocked (see URL_ALLOWED_NETWORKS)" in detail
 
 
 def test_a_name_resolving_to_loopback_is_blocked(
         fake_dns: FakeDns, trap: Server) -> None:
     fake_dns({"images.internal.test": ["127.0.0.1"]})
-    assert refused(f"http://images.internal.test:{trap.port}/image.png") == (
-        "URL host 'images.internal.test' resolves to 127.0.0.1, a loopback address: "
-        "blocked (see URL_ALLOWED_NETWORKS)")
+    # The client learns nothing about where an internal name points (issue 10, finding 7);
+    # the log gets it.
+    reason, detail = refused_detail(f"http://images.internal.test:{trap.port}/image.png")
+    assert reason == not_public("images.internal.test")
+    assert detail == ("URL host 'images.internal.test' resolves to 127.0.0.1, a loopback "
+                      "address: blocked (see URL_ALLOWED_NETWORKS)")
 
 
 def test_every_resolved_address_is_checked(
@@ -325,18 +350,21 @@ def test_every_resolved_address_is_checked(
     # the host, whichever the connection would have used.
     fake_dns({"mixed.test": ["93.184.215.14", "169.254.169.254"],
               "mixed6.test": [HOST, "::1"]})
-    assert refused("http://mixed.test/image.png") == (
+    assert refused_detail("http://mixed.test/image.png") == (not_public("mixed.test"),
         "URL host 'mixed.test' resolves to 169.254.169.254, a link-local address: "
         "blocked (see URL_ALLOWED_NETWORKS)")
-    assert "resolves to ::1, a loopback address" in refused(
-        f"http://mixed6.test:{host.port}/image.png")
+    assert "resolves to ::1, a loopback address" in refused_detail(
+        f"http://mixed6.test:{host.port}/image.png")[1]
     assert host.hosts == []
 
 
 def test_unresolvable_host() -> None:
     # .invalid never resolves (RFC 6761); no timing check: the resolver may ask the network.
-    assert refused("http://no-such-host.invalid/a.png", fast=False) == (
-        "cannot resolve host 'no-such-host.invalid'")
+    # The same answer as a name resolving to a blocked address: no oracle for which
+    # internal names exist.
+    reason, detail = refused_detail("http://no-such-host.invalid/a.png", fast=False)
+    assert reason == not_public("no-such-host.invalid")
+    assert detail.startswith("DNS: ")
 
 
 def test_connects_to_the_checked_address_without_a_second_lookup(
@@ -349,7 +377,7 @@ def test_connects_to_the_checked_address_without_a_second_lookup(
     assert lookups == ["rebind.test"]  # one lookup: the connection used its checked answer
     assert host.hosts == [f"rebind.test:{host.port}"]  # Host header: the URL's name
     # A fresh fetch resolves again, gets the rebound answer and is refused.
-    assert "resolves to 127.0.0.1, a loopback address" in refused(url)
+    assert "resolves to 127.0.0.1, a loopback address" in refused_detail(url)[1]
     assert lookups == ["rebind.test", "rebind.test"]
 
 
@@ -393,7 +421,7 @@ def _to(host: Server, target: str) -> str:
     ("http://169.254.169.254/latest/meta-data/", "resolves to 169.254.169.254, a link-local"),
     ("http://[::ffff:127.0.0.1]:{trap}/image.png", "a loopback address in IPv4-mapped form"),
     ("http://2130706433:{trap}/image.png", "'2130706433' resolves to 127.0.0.1, a loopback"),
-    ("http://localhost:{trap}/image.png", "'localhost' resolves to"),
+    ("http://localhost:{trap}/image.png", "'localhost' does not resolve to a public address"),
     ("http://user:pw@127.0.0.2:{host}/image.png", "credentials (user:password@host)"),
     ("ftp://127.0.0.2/image.png", "only http and https URLs are accepted, not 'ftp'"),
     ("file:///etc/passwd", "only http and https URLs are accepted, not 'file'"),
@@ -555,5 +583,57 @@ def test_names_no_resolver_accepts_are_unresolvable() -> None:
     # What httpx lets through to the transport must still end as a policy answer.
     assert numeric_host("a\x00b") is None
     for name in ("a\x00b", "xn--", "a" * 300):
-        with pytest.raises(BlockedAddress, match="cannot resolve host"):
+        with pytest.raises(BlockedAddress, match="does not resolve to a public address"):
             asyncio.run(AddressPolicy().resolve(name, 80))
+
+
+# --- DNS that never answers (issue 10, finding 9) -------------------------------------------
+
+def test_lookups_that_never_return_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names whose DNS server never answers: a deadline per lookup, a few threads of their
+    own, and the rest refused at once; the event loop's default pool stays free.
+
+    A fake: ``socket.getaddrinfo`` blocks for ``*.hang.test`` until the test ends (there is
+    no DNS server here to leave unanswered).
+    """
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".hang.test"):
+            release.wait(30)
+            raise socket.gaierror("released")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    resolver = Resolver(workers=2, timeout_s=0.3)
+
+    async def main() -> tuple[list[object], float]:
+        loop = asyncio.get_running_loop()
+        async with make_client(allowed_networks=ALLOWED, resolver=resolver) as client:
+            start = time.perf_counter()
+            results = await asyncio.gather(*(
+                fetch_image_bytes(client, f"http://n{i}.hang.test/x.png", timeout_s=5.0,
+                                  max_bytes=1000) for i in range(12)), return_exceptions=True)
+            elapsed = time.perf_counter() - start
+            # Before: every lookup took a thread of this pool and kept it after the fetch
+            # gave up, so other work queued behind names that never answer.
+            assert await asyncio.wait_for(loop.run_in_executor(None, int), 2.0) == 0
+            return results, elapsed
+
+    try:
+        results, elapsed = asyncio.run(main())
+        assert resolver.busy == 2  # the two abandoned lookups still hold their threads
+    finally:
+        release.set()
+    assert all(isinstance(r, FetchError) for r in results), results
+    assert {r.reason for r in results if isinstance(r, FetchError)} == {
+        not_public(f"n{i}.hang.test") for i in range(12)}
+    details = sorted(r.detail or "" for r in results if isinstance(r, FetchError))
+    assert details.count("DNS: no answer within 0.3 s") == 2
+    assert details.count("DNS: all 2 lookup threads busy") == 10
+    assert elapsed < 2.0  # not 12 x 5 s
+    deadline = time.monotonic() + 5
+    while resolver.busy and time.monotonic() < deadline:  # released threads end
+        time.sleep(0.05)
+    assert resolver.busy == 0
