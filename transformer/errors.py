@@ -11,14 +11,22 @@ class ServiceError(Exception):
     status_code = 500
 
     def __init__(self, detail: str, errors: list[ErrorItem] | None = None, *,
-                 retry_after_s: int | None = None) -> None:
+                 retry_after_s: int | None = None, log_detail: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
         self.retry_after_s = retry_after_s
+        # What only the server log gets: internal hosts, addresses, gRPC details.
+        self.log_detail = log_detail
 
     def body(self) -> dict[str, object]:
-        return ErrorResponse(detail=self.detail, errors=self.errors).model_dump()
+        """The answer: at most ``MAX_ERROR_ITEMS`` items, the detail saying how many more."""
+        detail, errors = self.detail, self.errors
+        if len(errors) > MAX_ERROR_ITEMS:
+            detail = (f"{detail}; the first {MAX_ERROR_ITEMS} errors are listed, "
+                      f"{len(errors) - MAX_ERROR_ITEMS} more left out")
+            errors = errors[:MAX_ERROR_ITEMS]
+        return ErrorResponse(detail=detail, errors=errors).model_dump()
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
@@ -76,3 +84,32 @@ class PredictorFailed(ServiceError):
     """The predictor answered, but with an error or an answer that makes no sense."""
 
     status_code = 502
+
+
+class BodyTimeout(ServiceError):
+    """The request body did not arrive within ``BODY_READ_TIMEOUT``."""
+
+    status_code = 408
+
+
+class ClientGone(ServiceError):
+    """The client disconnected before its request was read: nobody reads the answer (499
+    is nginx's code for it, used here for the metrics and the log)."""
+
+    status_code = 499
+
+
+class RequestTimeout(ServiceError):
+    """The request as a whole took longer than ``REQUEST_TIMEOUT``."""
+
+    status_code = 504
+
+
+class FetchBudgetExceeded(ServiceError):
+    """The request's URL images together are over ``MAX_REQUEST_FETCH_MB``."""
+
+    status_code = 413
+
+
+MAX_ERROR_ITEMS = 50
+"""Most error items in one answer: a small request must not buy a large answer."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpcore
@@ -165,7 +165,7 @@ def make_client(
 
 async def fetch_image_bytes(
     client: httpx.AsyncClient, url: str, *, timeout_s: float, max_bytes: int,
-    max_redirects: int = MAX_REDIRECTS,
+    max_redirects: int = MAX_REDIRECTS, on_bytes: Callable[[int], None] | None = None,
 ) -> bytes:
     """GET `url` and return its body, within `timeout_s` overall and at most `max_bytes`.
 
@@ -176,6 +176,8 @@ async def fetch_image_bytes(
         timeout_s: Deadline for the whole fetch, DNS, redirects and body included.
         max_bytes: Largest accepted body (after any Content-Encoding is undone).
         max_redirects: Most redirects followed (``URL_MAX_REDIRECTS``).
+        on_bytes: Called with the size of every chunk received, before it is kept (the
+            request's byte budget); what it raises ends the fetch and propagates.
 
     Returns:
         The response body.
@@ -186,7 +188,7 @@ async def fetch_image_bytes(
             traceback.
     """
     try:
-        return await asyncio.wait_for(_fetch(client, url, max_bytes, max_redirects),
+        return await asyncio.wait_for(_fetch(client, url, max_bytes, max_redirects, on_bytes),
                                       timeout=timeout_s)
     except BlockedAddress as exc:
         raise FetchError(exc.reason, detail=exc.detail) from None
@@ -226,7 +228,7 @@ def _invalid_url_reason(url: str, exc: httpx.InvalidURL) -> str:
 
 
 async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int,
-                 max_redirects: int) -> bytes:
+                 max_redirects: int, on_bytes: Callable[[int], None] | None) -> bytes:
     """Follow redirects hop by hop, then stream the body, enforcing status and size."""
     request = client.build_request("GET", url)
     for _ in range(max_redirects + 1):
@@ -235,13 +237,14 @@ async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int,
             if response.next_request is not None:  # a redirect; httpx built the next hop
                 request = response.next_request
                 continue
-            return await _read_body(response, max_bytes)
+            return await _read_body(response, max_bytes, on_bytes)
         finally:
             await response.aclose()
     raise FetchError(f"too many redirects (more than {max_redirects})")
 
 
-async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
+async def _read_body(response: httpx.Response, max_bytes: int,
+                     on_bytes: Callable[[int], None] | None) -> bytes:
     """The body of a final answer: 2xx only, at most `max_bytes`."""
     if not response.is_success:
         raise FetchError(
@@ -257,6 +260,8 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
         raise FetchError(f"{too_large} (Content-Length {int(length)})")
     body = bytearray()
     async for chunk in response.aiter_raw():  # never decompressed: the bytes counted are kept
+        if on_bytes is not None:
+            on_bytes(len(chunk))
         body += chunk
         if len(body) > max_bytes:
             raise FetchError(too_large)

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import numpy as np
 
-from . import metrics
+from . import budget, metrics
 from .cache import EmbeddingCache, cache_key
 from .errors import ImageErrors
 from .fetch import FetchError, fetch_image_bytes
@@ -112,13 +112,17 @@ class ImageLoader:
         self._url_slots = asyncio.Semaphore(settings.url_fetch_concurrency)
 
     async def _fetch(self, url: str) -> bytes:
+        # The request's budget (when there is one) counts every byte received; waiting for
+        # a fetch slot counts against its deadline, which the route enforces.
+        spent = budget.current()
         async with self._url_slots:
             started = time.perf_counter()
             try:
-                return await fetch_image_bytes(self.client, url,
-                                               timeout_s=self.settings.url_fetch_timeout,
-                                               max_bytes=self.settings.max_image_bytes,
-                                               max_redirects=self.settings.url_max_redirects)
+                return await fetch_image_bytes(
+                    self.client, url, timeout_s=self.settings.url_fetch_timeout,
+                    max_bytes=self.settings.max_image_bytes,
+                    max_redirects=self.settings.url_max_redirects,
+                    on_bytes=spent.spend_fetched if spent is not None else None)
             finally:
                 metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
 

@@ -31,3 +31,5 @@ PREDICTOR_SECONDS = Histogram("similarity_predictor_call_seconds", "One call to 
 CACHE_HITS = Counter("similarity_embedding_cache_hits_total", "Images served from the cache")
 CACHE_MISSES = Counter("similarity_embedding_cache_misses_total", "Images not in the cache")
 IMAGES = Counter("similarity_images_total", "Image inputs by outcome", ["outcome"])
+CLIENT_DISCONNECTS = Counter("similarity_client_disconnects_total",
+                             "Clients that went away before their request body was read")

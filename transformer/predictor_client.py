@@ -92,24 +92,26 @@ class PredictorClient:
         await self.channels.close()
 
     def _error(self, e: grpc.aio.AioRpcError, timeout_s: float) -> Exception:
+        """The public error for a failed call: what the client can act on. The predictor's
+        address and gRPC details go only to the log (``log_detail``)."""
         code, details = e.code(), (e.details() or "")[:300]
+        internal = f"predictor {self.host}, model {self.model_name!r}: {code.name}: {details}"
         if code == grpc.StatusCode.UNAVAILABLE:
             if "not ready" in details.lower():
                 return PredictorUnavailable("the model is still loading; retry shortly",
-                                            retry_after_s=5)
-            return PredictorUnavailable(
-                f"the predictor at {self.host} cannot be reached ({details or code.name})",
-                retry_after_s=5)
+                                            retry_after_s=5, log_detail=internal)
+            return PredictorUnavailable("the model server cannot be reached; retry shortly",
+                                        retry_after_s=5, log_detail=internal)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return PredictorTimeout(f"the predictor did not answer within {timeout_s:g} s",
-                                    retry_after_s=5)
+            return PredictorTimeout(f"the model server did not answer within {timeout_s:g} s",
+                                    retry_after_s=5, log_detail=internal)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return PredictorFailed(f"the predictor refused the batch as too large: {details}")
+            return PredictorFailed("the model server refused the batch as too large",
+                                   log_detail=internal)
         if code == grpc.StatusCode.NOT_FOUND:
-            return PredictorUnavailable(
-                f"the predictor at {self.host} does not serve model {self.model_name!r}",
-                retry_after_s=5)
-        return PredictorFailed(f"the predictor failed: {code.name}: {details}")
+            return PredictorUnavailable("the model server does not serve this model",
+                                        retry_after_s=5, log_detail=internal)
+        return PredictorFailed(f"the model server failed ({code.name})", log_detail=internal)
 
     async def embed(self, images: np.ndarray, *, request_id: str | None = None,
                     timeout_s: float | None = None) -> Embeddings:
@@ -129,12 +131,13 @@ class PredictorClient:
         try:
             vectors = response.outputs[0].as_numpy()
         except Exception as e:
-            raise PredictorFailed(f"the predictor's answer could not be read: {e}") from None
+            raise PredictorFailed("the model server's answer could not be read",
+                                  log_detail=f"predictor {self.host}: {e}"[:500]) from None
         if vectors.ndim != 2 or vectors.shape[0] != images.shape[0]:
             raise PredictorFailed(
-                f"the predictor answered {vectors.shape} for {images.shape[0]} images")
+                f"the model server answered {vectors.shape} for {images.shape[0]} images")
         if not np.all(np.isfinite(vectors)):
-            raise PredictorFailed("the predictor answered non-finite embeddings")
+            raise PredictorFailed("the model server answered non-finite embeddings")
         return Embeddings(vectors=vectors, info=_parameters(response))
 
     async def is_ready(self, *, timeout_s: float = 2.0) -> bool:

@@ -12,6 +12,7 @@ routes are added to ``kserve.model_server.app`` before the server starts).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,10 +20,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -34,22 +35,25 @@ from pydantic import ValidationError
 from service_common import logs
 
 from . import access_log, metrics, routes_guard
-from .admission import Admission
+from .admission import Admission, ByteBudget
+from .body import load_json, request_body
+from .budget import RequestBudget, spending
 from .cache import EmbeddingCache
 from .decoders import warm_up as warm_up_decoders
 from .embeddings import ImagePlan, embeddings_in_order, plan_images
 from .errors import (
     BadRequest,
-    BodyTooLarge,
+    ClientGone,
     PredictorFailed,
     PredictorUnavailable,
+    RequestTimeout,
     ServiceError,
     TooManyImages,
     TooManyPairs,
 )
 from .fetch import make_client
-from .netguard import Resolver
 from .inputs import ImageLoader, LoadedImages
+from .netguard import Resolver
 from .pipeline import ChunkSender
 from .predictor_client import Embeddings, PredictorClient
 from .resize import warm_up as warm_up_resize
@@ -66,6 +70,7 @@ from .schemas import (
 from .scoring import PairPlan, plan_pairs, score_pairs
 from .settings import TransformerSettings
 
+T = TypeVar("T")
 log = logging.getLogger("transformer")
 
 MODEL_NAME = "dreamsim"
@@ -107,6 +112,7 @@ class SimilarityTransformer(Model):
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.cache = EmbeddingCache(settings.embedding_cache_size)
+        self.body_budget = ByteBudget(settings.max_bodies_in_flight_bytes)
         self._loader: ImageLoader | None = None
         self._admission: Admission | None = None
         self.predictor_info: dict[str, Any] = {}
@@ -142,40 +148,77 @@ class SimilarityTransformer(Model):
                                         queue_timeout_s=s.queue_timeout)
         return self._admission
 
+    async def admit(self, request: Request, parse: Callable[[Any], T],
+                    process: Callable[[T], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Serve one request with a body under every request-level limit; for every route.
+
+        In order: a ticket (429 when too many are in), the body (``request_body``: size,
+        read deadline, pod-wide byte budget; no slot is held meanwhile), a processing slot
+        (503 after the queue timeout), ``parse`` of the JSON off the event loop, then
+        ``process`` of the parsed request. The request's deadline (``REQUEST_TIMEOUT``,
+        504) runs from its arrival over all of it; its URL byte budget is current for
+        ``process`` and whatever it starts (:mod:`transformer.budget`).
+        """
+        s = self.settings
+        spent = RequestBudget(timeout_s=s.request_timeout, fetch_bytes=s.max_request_fetch_bytes)
+        async with self.admission.ticket(), request_body(
+                request, limit=s.max_body_bytes, budget=self.body_budget,
+                timeout_s=min(s.body_read_timeout, spent.remaining())) as raw:
+            async with self.admission.slot(timeout_s=spent.remaining()):
+                loop = asyncio.get_running_loop()
+                parsed = await loop.run_in_executor(
+                    self.executor, lambda: parse(load_json(raw)))
+                del raw[:]  # the parsed request holds the same data
+                timeout = asyncio.timeout(spent.remaining())
+                try:
+                    with spending(spent):
+                        async with timeout:
+                            return await process(parsed)
+                except TimeoutError:
+                    if timeout.expired():
+                        raise RequestTimeout(
+                            f"the request was not done within {s.request_timeout:g} s "
+                            "(REQUEST_TIMEOUT): send fewer images or faster URLs",
+                            retry_after_s=5) from None
+                    raise
+
     def parse(self, body: Any) -> SimilarityRequest:
-        """Validate a request body; nothing is decoded or fetched before this passes."""
+        """Validate a request body; nothing is decoded or fetched before this passes.
+
+        The pairs are counted before anything is validated: a small body of many empty
+        pairs must not buy one error item (and its memory and CPU) per pair.
+        """
+        limit = self.settings.max_pairs_per_request
         if isinstance(body, SimilarityRequest):
             request = body
         else:
+            _count_first(body, "pairs", limit, "MAX_PAIRS_PER_REQUEST", TooManyPairs)
             try:
                 request = SimilarityRequest.model_validate(body)
             except ValidationError as e:
                 raise BadRequest("the request body does not match the API",
                                  _validation_items(e, body, "pairs", "pair_id")) from None
-        limit = self.settings.max_pairs_per_request
         if len(request.pairs) > limit:
-            raise TooManyPairs(
-                f"{len(request.pairs)} pairs in one request; the limit is {limit} "
-                f"(MAX_PAIRS_PER_REQUEST): split the request",
-                [ErrorItem(field="pairs", reason=f"{len(request.pairs)} > {limit}")])
+            raise _too_many(len(request.pairs), limit, "pairs", "MAX_PAIRS_PER_REQUEST",
+                            TooManyPairs)
         return request
 
     def parse_embed(self, body: Any) -> EmbedRequest:
-        """Validate an ``/embed`` body; nothing is decoded or fetched before this passes."""
+        """Validate an ``/embed`` body; nothing is decoded or fetched before this passes
+        (the images are counted first, as the pairs are)."""
+        limit = self.settings.max_images_per_request
         if isinstance(body, EmbedRequest):
             request = body
         else:
+            _count_first(body, "images", limit, "MAX_IMAGES_PER_REQUEST", TooManyImages)
             try:
                 request = EmbedRequest.model_validate(body)
             except ValidationError as e:
                 raise BadRequest("the request body does not match the API",
                                  _validation_items(e, body, "images", "id")) from None
-        limit = self.settings.max_images_per_request
         if len(request.images) > limit:
-            raise TooManyImages(
-                f"{len(request.images)} images in one request; the limit is {limit} "
-                f"(MAX_IMAGES_PER_REQUEST): split the request",
-                [ErrorItem(field="images", reason=f"{len(request.images)} > {limit}")])
+            raise _too_many(len(request.images), limit, "images", "MAX_IMAGES_PER_REQUEST",
+                            TooManyImages)
         return request
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:
@@ -302,6 +345,21 @@ def _warm_up_native() -> None:
         log.exception("warming up the native decoders failed")
 
 
+def _too_many(count: int, limit: int, what: str, setting: str,
+              error: type[ServiceError]) -> ServiceError:
+    return error(f"{count} {what} in one request; the limit is {limit} "
+                 f"({setting}): split the request",
+                 [ErrorItem(field=what, reason=f"{count} > {limit}")])
+
+
+def _count_first(body: Any, key: str, limit: int, setting: str,
+                 error: type[ServiceError]) -> None:
+    """Refuse a body whose ``body[key]`` list is over ``limit`` before validating it."""
+    entries = body.get(key) if isinstance(body, dict) else None
+    if isinstance(entries, list) and len(entries) > limit:
+        raise _too_many(len(entries), limit, key, setting, error)
+
+
 def _validation_items(error: ValidationError, body: Any, list_key: str,
                       id_key: str) -> list[ErrorItem]:
     """Error items of a body that failed validation: per item of ``body[list_key]`` (pairs
@@ -377,25 +435,8 @@ def _error_response(e: ServiceError) -> JSONResponse:
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (413, 422, 429, 502, 503, 504)
+    code: {"model": ErrorResponse} for code in (408, 413, 422, 429, 502, 503, 504)
 }
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes:
-    from Content-Length before reading, or while streaming a chunked body."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {int(declared)} bytes is over the limit of "
-                           f"{limit} (MAX_REQUEST_BODY_MB)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is over the limit of {limit} bytes "
-                               "(MAX_REQUEST_BODY_MB)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -422,20 +463,23 @@ async def _serve(request: Request, route: _Route) -> JSONResponse:
     try:
         if _service is None:
             raise PredictorUnavailable("the service is starting", retry_after_s=5)
-        async with _service.admission.slot():
-            raw = await read_body(request, _service.settings.max_body_bytes)
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise BadRequest(f"the request body is not valid JSON: {e}") from None
-            except RecursionError:
-                raise BadRequest("the request body is nested too deeply") from None
-            parsed = route.parse(_service, body)
-            rid = logs.request_id.get() or uuid.uuid4().hex
-            result, _ = await _service(parsed, headers={"x-request-id": rid})
+        service = _service
+        headers = {"x-request-id": logs.request_id.get() or uuid.uuid4().hex}
+
+        async def process(parsed: Any) -> dict[str, Any]:
+            result, _ = await service(parsed, headers=headers)
+            return result  # type: ignore[no-any-return]
+
+        result = await service.admit(request, lambda body: route.parse(service, body),
+                                     process)
+    except ClientGone as e:  # a normal event: a line and a count, no traceback
+        log.info("%s", e.detail)
+        metrics.CLIENT_DISCONNECTS.inc()
+        return _observed(_error_response(e), started, route)
     except ServiceError as e:
         if e.status_code >= 500:
-            log.warning("answering %d: %s", e.status_code, e.detail)
+            log.warning("answering %d: %s%s", e.status_code, e.detail,
+                        f" ({e.log_detail})" if e.log_detail else "")
         return _observed(_error_response(e), started, route)
     except Exception:  # a bug: log it in full, answer without a traceback
         log.exception("unexpected error in %s", route.path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from service_common.cpus import usable_cpus
@@ -48,8 +48,24 @@ class TransformerSettings(LogSettings):
         "pick_first",
         description="round_robin: every address the predictor host resolves to gets calls "
                     "in turn (a headless Service, --predictor_host dns:///NAME:PORT)")
-    max_request_body_mb: float = Field(256.0, gt=0, le=4096,
-                                       description="largest request body, checked before parsing")
+    max_request_body_mb: float = Field(
+        64.0, gt=0, le=4096, description="largest request body, checked before parsing; a "
+                                         "body takes about twice its size in memory")
+    max_bodies_in_flight_mb: float = Field(
+        256.0, gt=0, le=65536,
+        description="request bodies held at once over all requests (read, waiting or "
+                    "processed); a body that would pass it gets 429 with Retry-After")
+    body_read_timeout: float = Field(
+        30.0, gt=0, le=3600,
+        description="seconds a request body may take to arrive (then 408); read before a "
+                    "processing slot is taken")
+    request_timeout: float = Field(
+        120.0, gt=0, le=3600,
+        description="seconds from a request's arrival to its answer, all of it (body, "
+                    "queue, fetches, decoding, predictor); then 504")
+    max_request_fetch_mb: float = Field(
+        128.0, gt=0, le=65536,
+        description="bytes one request may fetch from URLs, all its images together (413)")
     max_concurrent_requests: int = Field(
         8, ge=1, le=1024, description="/similarity and /embed requests processed at once")
     max_queued_requests: int = Field(
@@ -94,6 +110,13 @@ class TransformerSettings(LogSettings):
         parse_networks(value)  # a bad CIDR fails at start-up, naming the entry
         return value
 
+    @model_validator(mode="after")
+    def _bodies_fit(self) -> TransformerSettings:
+        if self.max_bodies_in_flight_mb < self.max_request_body_mb:
+            raise ValueError("MAX_BODIES_IN_FLIGHT_MB must be at least MAX_REQUEST_BODY_MB, "
+                             "or a request of the largest size could never be read")
+        return self
+
     @property
     def allowed_networks(self) -> tuple[IPNetwork, ...]:
         """``url_allowed_networks`` parsed (validated at start-up)."""
@@ -106,3 +129,11 @@ class TransformerSettings(LogSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_request_body_mb * _MB)
+
+    @property
+    def max_bodies_in_flight_bytes(self) -> int:
+        return int(self.max_bodies_in_flight_mb * _MB)
+
+    @property
+    def max_request_fetch_bytes(self) -> int:
+        return int(self.max_request_fetch_mb * _MB)

@@ -175,5 +175,8 @@ def test_predictor_unreachable_is_503(tmp_path: Path, images: list[bytes]) -> No
         pairs = [{"reference_image": b64(images[0]), "generated_image": b64(images[1])}]
         r = post(url, {"pairs": pairs})
         assert r.status_code == 503
-        assert "cannot be reached" in r.json()["detail"]
+        assert r.json()["detail"] == "the model server cannot be reached; retry shortly"
         assert r.headers.get("Retry-After")
+        # Its address is for the log, not the client (issue 10, finding 7).
+        assert dead not in r.text
+        assert dead in (tmp_path / "t.log").read_text()

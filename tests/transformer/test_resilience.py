@@ -97,7 +97,7 @@ def test_malformed_predictor_answer_is_502(tmp_path: Path, behaviour: str) -> No
     with fake_predictor(behaviour) as host, start_transformer(host, tmp_path / "t.log") as url:
         r = post(url, {"pairs": pairs(2)})
         assert r.status_code == 502
-        assert "predictor" in r.json()["detail"]
+        assert "model server" in r.json()["detail"]
 
 
 def test_predictor_restart_mid_request_and_recovery(dino_weights_dir: Path,
