@@ -24,8 +24,10 @@ Parity notes:
 It also classifies request strings (:func:`parse_image_input`): http(s) URL, ``data:`` URI or
 raw base64 (standard or URL-safe alphabet, whitespace and missing padding tolerated).
 
-Everything here is a pure function with no shared mutable state except one lock (see
-:data:`_OPEN_LOCK`), so it is safe to call from a thread pool.
+Everything here is a pure function with no shared mutable state (no lock: Pillow's
+decompression-bomb warning is made an error once, process-wide, at import), so it is safe
+to call from a thread pool. Only the formats of :mod:`transformer.imageguard` are opened,
+after its cheap walk of their block structure.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import threading
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
@@ -44,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from .decoders import native_pixels
+from .imageguard import ALLOWED_FORMATS, why_refused
 from .resize import matches_pillow, resize_bicubic
 
 DecodeImpl = Literal["native", "pillow"]
@@ -64,10 +66,11 @@ _WHITESPACE_RE = re.compile(r"\s+")
 _URLSAFE_TO_STD = str.maketrans("-_", "+/")
 _BOMB_SIZE_RE = re.compile(r"Image size \((\d+) pixels\)")  # Pillow's bomb message
 
-# `warnings.catch_warnings` swaps the process-wide filter list; two threads nesting it can
-# leave the "error" filter installed for good. The lock serialises only `Image.open` (header
-# parsing, microseconds); decoding and resizing run outside it.
-_OPEN_LOCK = threading.Lock()
+# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; make both errors (our
+# own `max_pixels` check is the one that normally applies). Set once for the process: a
+# `warnings.catch_warnings` per call swaps the process-wide filter list and needed a lock
+# that serialised every header parse.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 class ImageInputError(ValueError):
@@ -216,8 +219,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``Resize`` does for PIL images. EXIF orientation is not applied (DreamSim does not).
 
     Args:
-        data: Encoded image bytes in any format Pillow reads (PNG, JPEG, WebP, GIF, BMP,
-            TIFF, ...); the format is sniffed from the bytes.
+        data: Encoded image bytes: PNG, JPEG, WebP, GIF or BMP (``imageguard``; TIFF and
+            RLE BMPs are refused); the format is sniffed from the bytes.
         max_pixels: Largest accepted ``width * height``, checked from the header before any
             pixel is decoded (decompression bombs). Pillow's own ``Image.MAX_IMAGE_PIXELS``
             (its bomb warning, made an error here) still applies first, so values above it
@@ -239,12 +242,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         ImageInputError: Unrecognised format, truncated or corrupt data, zero or too many
             pixels. No Pillow or OS exception escapes.
     """
+    refused = why_refused(data)  # formats, and header work bounded before Pillow
+    if refused is not None:
+        raise ImageInputError(refused)
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; make both
-            # errors (our own `max_pixels` check below is the one that normally applies).
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(BytesIO(data))
+        img = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
@@ -256,10 +258,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         width, height = img.size
         if width <= 0 or height <= 0:
             raise ImageInputError("image has zero width or height")
-        if width * height > max_pixels:
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)  # Pillow's applies too
+        if width * height > limit:
             raise ImageInputError(
                 f"image is {width}x{height} = {width * height} pixels, "
-                f"over the limit of {max_pixels}"
+                f"over the limit of {limit}"
             )
         pixels = native_pixels(img, data) if impl == "native" and not fast else None
         if pixels is None:
