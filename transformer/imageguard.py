@@ -84,7 +84,6 @@ def why_refused(data: bytes) -> str | None:
 def _walk_chunks(data: bytes, pos: int, *, big_endian: bool, name: str) -> str | None:
     """PNG chunks (length, type, data, CRC) or RIFF chunks (type, length, data, pad)."""
     budget = chunk_budget(len(data))
-    order = "big" if big_endian else "little"
     count = 0
     while pos + 8 <= len(data):
         count += 1
@@ -92,12 +91,12 @@ def _walk_chunks(data: bytes, pos: int, *, big_endian: bool, name: str) -> str |
             return (f"{name} image has more than {budget} chunks for its {len(data)} bytes: "
                     "refused (metadata blocks cost time to parse)")
         if big_endian:  # PNG: length, type, data, CRC
-            length = int.from_bytes(data[pos:pos + 4], order)
+            length = int.from_bytes(data[pos:pos + 4], "big")
             if data[pos + 4:pos + 8] == b"IEND":
                 return None
             pos += 12 + length
         else:  # RIFF: type, length, data, a pad byte to an even length
-            length = int.from_bytes(data[pos + 4:pos + 8], order)
+            length = int.from_bytes(data[pos + 4:pos + 8], "little")
             pos += 8 + length + (length & 1)
     return None
 
