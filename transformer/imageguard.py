@@ -67,7 +67,7 @@ def why_refused(data: bytes) -> str | None:
     """
     fmt = sniff(data)
     if fmt is None:
-        return f"not a recognised image format (accepted: {ACCEPTED})"
+        return "not a recognised image format"
     if fmt == "TIFF":
         return f"TIFF images are not accepted (accepted: {ACCEPTED})"
     if fmt == "PNG":

@@ -137,7 +137,8 @@ class ImageLoader:
         finally:
             metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
 
-    async def _load_one(self, value: str, model_identity: str | None) -> _Source:
+    async def _load_one(self, value: str, model_identity: str | None,
+                        partition: bytes) -> _Source:
         loop = asyncio.get_running_loop()
         s = self.settings
         try:
@@ -161,7 +162,7 @@ class ImageLoader:
             raise ImageInputError(f"unusable image reference: {str(e)[:200]}") from None
         key = None
         if self.cache.enabled and model_identity:
-            key = cache_key(model_identity, data)
+            key = cache_key(model_identity, data, partition)
             cached = self.cache.get(key)
             (metrics.CACHE_HITS if cached is not None else metrics.CACHE_MISSES).inc()
             if cached is not None:
@@ -170,7 +171,7 @@ class ImageLoader:
         return _Source(key=key, pixels=pixels, digest=digest)
 
     async def load(self, plan: InputPlan, pair_ids: Sequence[PairId], *,
-                   model_identity: str | None = None,
+                   model_identity: str | None = None, cache_partition: bytes = b"",
                    sender: ChunkSender[Any] | None = None,
                    id_field: Literal["pair_id", "id"] = "pair_id") -> LoadedImages:
         """Fetch and decode every input of ``plan``, or take it from the cache.
@@ -179,6 +180,7 @@ class ImageLoader:
             plan: the request's distinct inputs and who uses them.
             pair_ids: the ids of the pairs (or images), for the error items.
             model_identity: the predictor's model identity; None disables the cache.
+            cache_partition: the client's cache partition (``cache.partition_of``).
             sender: receives each distinct decoded image as soon as it is ready (it may
                 start embedding); by default one that only collects them.
             id_field: the error items' field that carries the id (``id`` for /embed).
@@ -189,7 +191,7 @@ class ImageLoader:
         rows = _Rows(sender if sender is not None else ChunkSender(None, chunk_images=0))
 
         async def load_one(value: str) -> tuple[str, int, np.ndarray | None]:
-            source = await self._load_one(value, model_identity)
+            source = await self._load_one(value, model_identity, cache_partition)
             if source.pixels is not None:  # on the event loop: no race between digests
                 return "pixels", rows.add(source), None
             return "cached", 0, source.embedding

@@ -38,7 +38,7 @@ from . import access_log, metrics, routes_guard
 from .admission import Admission, ByteBudget
 from .body import load_json, request_body
 from .budget import RequestBudget, spending
-from .cache import EmbeddingCache
+from .cache import EmbeddingCache, partition_of
 from .decoders import warm_up as warm_up_decoders
 from .embeddings import ImagePlan, embeddings_in_order, plan_images
 from .errors import (
@@ -74,6 +74,7 @@ T = TypeVar("T")
 log = logging.getLogger("transformer")
 
 MODEL_NAME = "dreamsim"
+CACHE_CLIENT = "cache-client"  # key of the client identity in the headers given to preprocess
 app = kserve_model_server.app
 routes_guard.install(app)  # KServe's generic routes are refused: routes_guard.py says why
 app.add_middleware(access_log.AccessLog)  # type: ignore[arg-type]  # outside the guard
@@ -111,7 +112,8 @@ class SimilarityTransformer(Model):
                                          lb_policy=settings.predictor_lb_policy)
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
-        self.cache = EmbeddingCache(settings.embedding_cache_size)
+        self.cache = EmbeddingCache(settings.embedding_cache_size
+                                    if settings.embedding_cache_scope != "off" else 0)
         self.body_budget = ByteBudget(settings.max_bodies_in_flight_bytes)
         self._loader: ImageLoader | None = None
         self._admission: Admission | None = None
@@ -236,7 +238,9 @@ class SimilarityTransformer(Model):
             access_log.note(pairs=len(request.pairs))
         access_log.note(images=len(plan.inputs))  # distinct images
         identity = None
-        if self.cache.enabled and plan.inputs:
+        partition = partition_of(self.settings.embedding_cache_scope,
+                                 (headers or {}).get(CACHE_CLIENT))
+        if self.cache.enabled and plan.inputs and partition is not None:
             # Ask which model answers now (an empty batch, no model run): a predictor
             # restarted with other weights or settings must never be served old embeddings.
             self._update_info(await self.predictor.describe(
@@ -247,6 +251,7 @@ class SimilarityTransformer(Model):
         try:
             images = await self.loader.load(
                 plan, ids, model_identity=identity, sender=sender,
+                cache_partition=partition or b"",
                 id_field="id" if isinstance(request, EmbedRequest) else "pair_id")
         except BaseException:
             sender.cancel()
@@ -465,6 +470,9 @@ async def _serve(request: Request, route: _Route) -> JSONResponse:
             raise PredictorUnavailable("the service is starting", retry_after_s=5)
         service = _service
         headers = {"x-request-id": logs.request_id.get() or uuid.uuid4().hex}
+        client = request.headers.get(service.settings.embedding_cache_client_header)
+        if client:
+            headers[CACHE_CLIENT] = client
 
         async def process(parsed: Any) -> dict[str, Any]:
             result, _ = await service(parsed, headers=headers)

@@ -78,6 +78,14 @@ class TransformerSettings(LogSettings):
     embedding_cache_size: int = Field(
         4096, ge=0, le=10_000_000,
         description="embeddings kept by image hash (0 disables the cache)")
+    embedding_cache_scope: Literal["shared", "client", "off"] = Field(
+        "shared", description="shared: one cache for all clients (a client can tell that "
+                              "another sent the same image: single-tenant only); client: "
+                              "per EMBEDDING_CACHE_CLIENT_HEADER value; off: no cache")
+    embedding_cache_client_header: str = Field(
+        "authorization", min_length=1, max_length=100,
+        description="with EMBEDDING_CACHE_SCOPE=client, the request header naming the client "
+                    "(set by the gateway); requests without it are not cached")
     pipeline_chunk_images: int = Field(
         16, ge=0, le=4096,
         description="distinct images sent to the predictor per call as soon as they are "

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import Predictor, start_transformer
 from tests.test_e2e import check_response, distinct_images
-from transformer.cache import EmbeddingCache, cache_key
+from transformer.cache import EmbeddingCache, cache_key, partition_of
 
 
 def test_lru_bound_and_order() -> None:
@@ -78,3 +80,42 @@ def test_another_model_identity_empties_the_cache() -> None:
     assert len(service.cache) == 1  # same model: kept
     service._update_info({"model_id": "dino_vitb16:fp16:cuda:bbbb", "device": "cuda"})
     assert len(service.cache) == 0  # restarted with another model: nothing stale survives
+
+
+def test_cache_partitions() -> None:
+    assert partition_of("shared", None) == partition_of("shared", "a") == b""
+    assert partition_of("client", "Bearer a") == b"Bearer a"
+    assert partition_of("client", None) is None and partition_of("client", "") is None
+    assert partition_of("off", "a") is None
+    assert cache_key("m", b"img", b"a") != cache_key("m", b"img", b"b")
+    assert cache_key("m", b"img", b"") == cache_key("m", b"img")
+
+
+@pytest.mark.slow
+def test_per_client_scope_keeps_clients_apart(predictor_server: Predictor,
+                                              tmp_path: Path) -> None:
+    """EMBEDDING_CACHE_SCOPE=client (issue 10, finding 11): one client never hits what
+    another sent; a request without the client header is not cached; off caches nothing."""
+    imgs = [base64.b64encode(x).decode() for x in distinct_images(2, size=96)]
+    pairs = [{"reference_image": imgs[0], "generated_image": imgs[1]}]
+
+    def hits_after(url: str, headers: dict[str, str]) -> float:
+        before = _counter(httpx.get(f"{url}/metrics", timeout=10).text,
+                          "similarity_embedding_cache_hits_total")
+        r = httpx.post(f"{url}/similarity", json={"pairs": pairs}, headers=headers,
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        return _counter(httpx.get(f"{url}/metrics", timeout=10).text,
+                        "similarity_embedding_cache_hits_total") - before
+
+    env = {"EMBEDDING_CACHE_SCOPE": "client", "EMBEDDING_CACHE_CLIENT_HEADER": "X-Tenant"}
+    with start_transformer(predictor_server.grpc, tmp_path / "client.log", env=env) as url:
+        assert hits_after(url, {"X-Tenant": "a"}) == 0
+        assert hits_after(url, {"X-Tenant": "b"}) == 0  # shared: 2 hits, telling b about a
+        assert hits_after(url, {"X-Tenant": "a"}) == 2
+        assert hits_after(url, {}) == 0
+        assert hits_after(url, {}) == 0
+    env = {"EMBEDDING_CACHE_SCOPE": "off"}
+    with start_transformer(predictor_server.grpc, tmp_path / "off.log", env=env) as url:
+        assert hits_after(url, {}) == 0
+        assert hits_after(url, {}) == 0
