@@ -24,9 +24,8 @@ Parity notes:
 It also classifies request strings (:func:`parse_image_input`): http(s) URL, ``data:`` URI or
 raw base64 (standard or URL-safe alphabet, whitespace and missing padding tolerated).
 
-Everything here is a pure function with no shared mutable state (no lock: Pillow's
-decompression-bomb warning is made an error once, process-wide, at import), so it is safe
-to call from a thread pool. Only the formats of :mod:`transformer.imageguard` are opened,
+Everything here is a pure function with no shared mutable state and no lock, so it is
+safe to call from a thread pool. Only the formats of :mod:`transformer.imageguard` are opened,
 after its cheap walk of their block structure.
 """
 
@@ -66,11 +65,12 @@ _WHITESPACE_RE = re.compile(r"\s+")
 _URLSAFE_TO_STD = str.maketrans("-_", "+/")
 _BOMB_SIZE_RE = re.compile(r"Image size \((\d+) pixels\)")  # Pillow's bomb message
 
-# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; make both errors (our
-# own `max_pixels` check is the one that normally applies). Set once for the process: a
-# `warnings.catch_warnings` per call swaps the process-wide filter list and needed a lock
-# that serialised every header parse.
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that. Its limit is applied by
+# our own check after `Image.open` (whatever the process's warning filters say: a filter
+# can be changed by any library), so the warning is only noise. It used to be made an
+# error per call with `warnings.catch_warnings`, which swaps the process-wide filter list
+# and needed a lock that serialised every header parse.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageInputError(ValueError):
@@ -223,7 +223,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             RLE BMPs are refused); the format is sniffed from the bytes.
         max_pixels: Largest accepted ``width * height``, checked from the header before any
             pixel is decoded (decompression bombs). Pillow's own ``Image.MAX_IMAGE_PIXELS``
-            (its bomb warning, made an error here) still applies first, so values above it
+            (applied by the same check) still applies, so values above it
             have no effect.
         fast: for JPEGs, let libjpeg decode at 1/2, 1/4 or 1/8 scale (``Image.draft``),
             never below 224 px a side, before the resize. Much faster on large photos, but
@@ -247,7 +247,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageInputError(refused)
     try:
         img = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
         raise ImageInputError("not a recognised image format") from None
