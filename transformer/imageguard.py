@@ -34,6 +34,7 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP"
 MAX_JPEG_STEPS = 4096
 MAX_GIF_SUBBLOCKS = 4096
+_NO_LENGTH = frozenset((0x01, *range(0xD0, 0xD9)))  # JPEG markers without a length field
 _CHUNK_BASE = 1024
 _CHUNK_BYTES = 4096
 
@@ -121,7 +122,7 @@ def _walk_jpeg(data: bytes) -> str | None:
             continue
         if marker == 0xDA:  # start of scan: the rest is libjpeg's, in C
             return None
-        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+        if marker in _NO_LENGTH:  # TEM, RSTn, SOI
             pos += 2
             continue
         if pos + 4 > end:
