@@ -156,7 +156,7 @@ class SimilarityTransformer(Model):
 
         In order: a ticket (429 when too many are in), the body (``request_body``: size,
         read deadline, pod-wide byte budget; no slot is held meanwhile), a processing slot
-        (503 after the queue timeout), ``parse`` of the JSON off the event loop, then
+        (503 after the queue timeout), ``parse`` of the JSON on a thread, then
         ``process`` of the parsed request. The request's deadline (``REQUEST_TIMEOUT``,
         504) runs from its arrival over all of it; its URL byte budget is current for
         ``process`` and whatever it starts (:mod:`transformer.budget`).
@@ -167,14 +167,14 @@ class SimilarityTransformer(Model):
                 request, limit=s.max_body_bytes, budget=self.body_budget,
                 timeout_s=min(s.body_read_timeout, spent.remaining())) as raw:
             async with self.admission.slot(timeout_s=spent.remaining()):
-                loop = asyncio.get_running_loop()
-                parsed = await loop.run_in_executor(
-                    self.executor, lambda: parse(load_json(raw)))
-                del raw[:]  # the parsed request holds the same data
                 timeout = asyncio.timeout(spent.remaining())
                 try:
-                    with spending(spent):
-                        async with timeout:
+                    async with timeout:
+                        # Parsing on a thread of its own pool: never queued behind the
+                        # decoding of other requests' images.
+                        parsed = await asyncio.to_thread(lambda: parse(load_json(raw)))
+                        del raw[:]  # the parsed request holds the same data
+                        with spending(spent):
                             return await process(parsed)
                 except TimeoutError:
                     if timeout.expired():
