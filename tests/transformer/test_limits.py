@@ -80,6 +80,17 @@ def test_many_empty_pairs_are_counted_before_validation(limited: tuple[str, Path
     assert len(r.content) < 1000
 
 
+def test_embed_counts_its_images_before_validation_too(limited: tuple[str, Path]) -> None:
+    url, _ = limited  # /embed goes through the same admission, body and budget code
+    body = b'{"images":[' + b",".join([b"{}"] * 200_000) + b"]}"
+    r = httpx.post(f"{url}/embed", content=body, timeout=60,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    [item] = r.json()["errors"]
+    assert item["field"] == "images" and item["reason"].startswith("200000 > ")
+    assert "MAX_IMAGES_PER_REQUEST" in r.json()["detail"]
+
+
 def test_error_items_are_capped(limited: tuple[str, Path]) -> None:
     url, _ = limited
     r = post(url, {"pairs": [{}] * 128})  # two missing fields each: 256 errors
