@@ -23,19 +23,12 @@ import statistics
 
 import httpx
 
+from bench.client import Deadline, post, request_body
+from bench.concurrency import measure_concurrent
 from bench.images import make_images
-from bench.run import (
-    RESULTS_DIR,
-    Deadline,
-    choose_weights,
-    machine_info,
-    measure_concurrent,
-    post,
-    read_settings,
-    reproduce,
-    request_body,
-)
+from bench.machine import machine_info
 from bench.service import run_predictor, run_transformer
+from bench.settings import RESULTS_DIR, choose_weights, read_settings, reproduce
 
 
 def _batch_totals(predictor_http: str) -> tuple[float, float]:

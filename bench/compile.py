@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from bench.run import Settings, _ints, choose_weights, machine_info, read_settings, reproduce
+from bench.machine import machine_info
+from bench.settings import Settings, choose_weights, int_list, read_settings, reproduce
 
 
 def _sync(device: torch.device) -> None:
@@ -102,7 +103,7 @@ def measure_copies(device: torch.device, n: int, repeats: int) -> list[dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compile", description=__doc__)
-    p.add_argument("--batches", type=_ints, default=_ints("1,16"),
+    p.add_argument("--batches", type=int_list, default=int_list("1,16"),
                    help="batch sizes [1,16; on a GPU try 1,8,32,64]")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per batch size [3]")
     p.add_argument("--modes", default="eager,compile,cudagraphs",

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import choose_weights, machine_info, read_settings, reproduce
+from bench.machine import machine_info
+from bench.settings import choose_weights, read_settings, reproduce
 
 REPO = Path(__file__).resolve().parent.parent
 

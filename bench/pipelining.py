@@ -26,19 +26,11 @@ import sys
 
 import httpx
 
+from bench.client import Deadline, post, request_body
 from bench.images import make_images
-from bench.run import (
-    PIPELINE_CHUNK,
-    RESULTS_DIR,
-    Deadline,
-    choose_weights,
-    machine_info,
-    post,
-    read_settings,
-    reproduce,
-    request_body,
-)
+from bench.machine import machine_info
 from bench.service import run_predictor, run_transformer
+from bench.settings import PIPELINE_CHUNK, RESULTS_DIR, choose_weights, read_settings, reproduce
 
 
 def measure(layout: str, env: dict[str, str], chunk: int, requests: list[bytes], pairs: int

@@ -34,17 +34,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.client import Deadline, post, request_body
+from bench.concurrency import measure_concurrent
 from bench.images import BenchImage, make_images
-from bench.run import (
-    RESULTS_DIR,
-    Deadline,
-    machine_info,
-    measure_concurrent,
-    post,
-    reproduce,
-    request_body,
-)
+from bench.machine import machine_info
 from bench.service import run_transformer
+from bench.settings import RESULTS_DIR, reproduce
 from tests.transformer.fake_predictor import fake_predictor
 from transformer.images import decode_image
 from transformer.resize import warm_up

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.concurrency import percentile
 from bench.images import describe, make_images
-from bench.run import percentile, upstream_time
+from bench.upstream import upstream_time
 from tests.procs import REPO_ROOT
 
 
