@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -227,16 +228,20 @@ SUITE_WEIGHTS = {"dino_vitb16": "dino_weights_dir", "ensemble": "ensemble_weight
 
 @pytest.fixture
 def variant_weights(request: pytest.FixtureRequest,
-                    tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """A random-weight cache for a variant: the suite's own where there is one."""
+                    tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """A random-weight cache for a variant: the suite's own where there is one, else one
+    built for the test and removed after it (350 MB or more each)."""
+    built: list[Path] = []
 
     def get(variant: str) -> Path:
         if variant in SUITE_WEIGHTS:
             return Path(request.getfixturevalue(SUITE_WEIGHTS[variant]))
-        return build_upstream_cache(tmp_path_factory.mktemp(f"weights-{variant}"), variant,
-                                    seed=11)
+        built.append(build_upstream_cache(tmp_path / f"weights-{variant}", variant, seed=11))
+        return built[-1]
 
-    return get
+    yield get
+    for cache in built:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.mark.slow
