@@ -23,8 +23,8 @@ import statistics
 
 import httpx
 
-from bench.client import Deadline, post, request_body
 from bench.concurrency import measure_concurrent
+from bench.http_client import Deadline, post, request_body
 from bench.images import make_images
 from bench.machine import machine_info
 from bench.service import run_predictor, run_transformer

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.client import BenchError, Deadline
+from bench.http_client import BenchError, Deadline
 from bench.images import BenchImage
 from bench.settings import Settings
 

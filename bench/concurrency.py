@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from bench.client import Deadline, post
+from bench.http_client import Deadline, post
 
 
 def measure_concurrent(url: str, bodies: list[list[bytes]], pairs_per_request: int,

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.client import Deadline, post, request_body
 from bench.components import measure_grpc
 from bench.concurrency import measure_concurrent
+from bench.http_client import Deadline, post, request_body
 from bench.images import BenchImage
 from bench.run_state import Run
 from bench.settings import PIPELINE_CHUNK, Settings

@@ -26,7 +26,7 @@ import sys
 
 import httpx
 
-from bench.client import Deadline, post, request_body
+from bench.http_client import Deadline, post, request_body
 from bench.images import make_images
 from bench.machine import machine_info
 from bench.service import run_predictor, run_transformer

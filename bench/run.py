@@ -24,9 +24,9 @@ random-weight checkpoint from ``.cache/bench-weights``). The whole run is bounde
 ``--time-limit``; the servers are stopped on exit, Ctrl-C and SIGTERM.
 
 This module is the command line and the plan of a run; the pieces live beside it:
-``settings`` (service settings, weights), ``machine``, ``client`` (requests, one checked
-POST), ``components`` (decode, predictor in process and over gRPC), ``upstream`` (the
-baseline), ``concurrency`` (many clients), ``end_to_end`` (the service over HTTP),
+``settings`` (service settings, weights), ``machine``, ``http_client`` (requests, one
+checked POST), ``components`` (decode, predictor in process and over gRPC), ``upstream``
+(the baseline), ``concurrency`` (many clients), ``end_to_end`` (the service over HTTP),
 ``run_state`` and ``report`` (the table, JSON and Markdown).
 """
 
@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.client import BenchError, Deadline, Pool
 from bench.components import decoded, free_memory, measure_decode, measure_predictor
 from bench.end_to_end import fidelity, measure_service, ref_n_of
+from bench.http_client import BenchError, Deadline, Pool
 from bench.images import MAX_SIDE, MIN_SIDE, BenchImage, describe, make_images
 from bench.machine import machine_info
 from bench.report import write_outputs

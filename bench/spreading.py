@@ -28,8 +28,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import RESULTS_DIR, machine_info, reproduce
+from bench.machine import machine_info
 from bench.service import run_transformer
+from bench.settings import RESULTS_DIR, reproduce
 from tests.tcp_balancer import Policy, TcpBalancer
 from tests.test_e2e import b64, distinct_images
 from tests.transformer.fake_predictor import fake_predictor

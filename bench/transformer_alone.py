@@ -34,8 +34,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.client import Deadline, post, request_body
 from bench.concurrency import measure_concurrent
+from bench.http_client import Deadline, post, request_body
 from bench.images import BenchImage, make_images
 from bench.machine import machine_info
 from bench.service import run_transformer
