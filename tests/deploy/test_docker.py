@@ -145,6 +145,8 @@ def test_compose() -> None:
     assert "deploy" not in cpu["predictor"]
     assert "name" not in compose, "Debian's docker-compose 1.29 refuses a top-level name"
     assert svc["transformer"]["ports"] == ["${PORT:-8080}:8080"]
+    for limit in ("MAX_PAIRS_PER_REQUEST", "MAX_IMAGES_PER_REQUEST"):  # the same on both
+        assert svc["predictor"]["environment"][limit] == svc["transformer"]["environment"][limit]
     tr = svc["transformer"]["command"]
     assert tr[tr.index("--predictor_host") + 1] == "predictor:8081"
     assert tr[tr.index("--predictor_protocol") + 1] == "grpc-v2"
