@@ -33,8 +33,9 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from bench.run import RESULTS_DIR, machine_info, reproduce
+from bench.machine import machine_info
 from bench.service import run_transformer
+from bench.settings import RESULTS_DIR, reproduce
 from tests.fuzz.hostile_images import HOSTILE
 from tests.transformer.fake_predictor import fake_predictor
 from transformer.imageguard import why_refused
