@@ -46,7 +46,9 @@ from tests.deploy.render import CHART, arg_value, container, env_of, one, render
 from tests.procs import REPO_ROOT, free_port
 from tests.test_e2e import distinct_images
 
-pytestmark = pytest.mark.image
+# The first test waits for both builds: a cold predictor build alone takes over 20 minutes
+# here, past the suite's default 900 s timeout.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(7200)]
 
 # --- the CPU profile these containers run (issue 14) ---------------------------------------
 # The chart's CPU values file where it exists; otherwise the smallest CPU values (no GPU).
