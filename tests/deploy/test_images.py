@@ -316,6 +316,19 @@ def test_predictor_image_keeps_what_torch_loads(images: dict[str, str]) -> None:
         k: v for k, v in unresolved.items() if k not in UNRESOLVED_BEFORE_TRIM}
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to limit below them")
+def test_predictor_threads_follow_the_container_cpu_limit(images: dict[str, str]) -> None:
+    """Issue 14: under `docker run --cpus 1` (a pod's CPU limit, a CFS quota) torch alone
+    keeps one thread per core it sees; the predictor's start-up sizes the pool to 1."""
+    code = ("import torch; print(torch.get_num_threads()); "
+            "from predictor.threads import configure_torch_threads; "
+            "print(configure_torch_threads(0), torch.get_num_interop_threads())")
+    out = dk.docker("run", "--rm", "--cpus", "1", "--read-only", "--user", "1000:1000",
+                    "--entrypoint", "python", images["predictor"], "-c", code,
+                    timeout=300).stdout.split()
+    assert out == [str(os.cpu_count()), "1", "1"], out
+
+
 def test_health_and_distances_equal_upstream(stack: Stack, spec: Spec, weights: Path) -> None:
     health = httpx.get(stack.transformer_http + "/health", timeout=10)
     assert health.status_code == 200, health.text
