@@ -224,3 +224,34 @@ def test_port_checks_itself_against_the_installed_pillow() -> None:
     from transformer.resize import matches_pillow
 
     assert matches_pillow()
+
+
+# --- base64: pybase64 on the fast path gives the standard library's answer ----------------
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), cut=st.integers(0, 8), char=st.sampled_from(
+    ["", "=", "-", "_", "é", " ", "A", "/"]), where=st.floats(0, 1))
+def test_base64_fast_path_same_answer_as_before(data: bytes, cut: int, char: str,
+                                                where: float) -> None:
+    """Canonical strings and near-misses (a character replaced, the end cut) decode to the
+    same bytes, or are refused with the same reason, as with ``base64.b64decode``."""
+    import base64
+
+    from transformer import images
+
+    text = base64.b64encode(data).decode()
+    if text:
+        at = int(where * (len(text) - 1))
+        text = (text[:at] + char + text[at + 1:])[:max(1, len(text) - cut)]
+
+    def answer(decoder: object) -> object:
+        saved = images.pybase64
+        images.pybase64 = decoder  # type: ignore[assignment]
+        try:
+            return images.parse_image_input(text, max_bytes=10**6).data
+        except ImageInputError as e:
+            return e.reason
+        finally:
+            images.pybase64 = saved
+
+    assert answer(images.pybase64) == answer(base64)
