@@ -42,7 +42,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from . import resize as _resize  # noqa: F401  (sets numba's on-disk cache directory)
+from .resize import CACHE  # numba's on-disk cache, set up there
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FAST_COLOR_TYPES = frozenset({0, 2, 3, 6})  # gray, RGB, palette, RGBA
@@ -159,7 +159,7 @@ def _png_8bit(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
     return out.reshape(height, width, channels) if channels > 1 else out
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=CACHE)
 def _unfilter(raw: np.ndarray, bpp: int, out: np.ndarray) -> bool:  # pragma: no cover
     """PNG row filters undone (uint8 arithmetic, wrapping): ``raw`` is ``[rows, 1 + n]``
     with each row's filter type first; False on an unknown filter type."""
@@ -198,7 +198,7 @@ def _unfilter(raw: np.ndarray, bpp: int, out: np.ndarray) -> bool:  # pragma: no
     return True
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, cache=CACHE, inline="always")
 def _predict(a: np.int32, b: np.int32, c: np.int32) -> np.int32:  # pragma: no cover
     """The Paeth predictor of the PNG specification."""
     p = a + b - c
@@ -208,7 +208,7 @@ def _predict(a: np.int32, b: np.int32, c: np.int32) -> np.int32:  # pragma: no c
     return b if pb <= pc else c
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=CACHE)
 def _paeth3(line: np.ndarray, up: np.ndarray, dst: np.ndarray,
             n: int) -> None:  # pragma: no cover
     """Paeth row with 3 bytes per pixel, the three channels' left and upper-left values
@@ -223,7 +223,7 @@ def _paeth3(line: np.ndarray, up: np.ndarray, dst: np.ndarray,
         c0, c1, c2 = b0, b1, b2
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=CACHE)
 def _paeth(line: np.ndarray, up: np.ndarray, dst: np.ndarray, n: int,
            bpp: int) -> None:  # pragma: no cover
     """Paeth row, any bytes per pixel."""

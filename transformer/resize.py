@@ -34,12 +34,26 @@ import tempfile
 import numba
 import numpy as np
 
-# Compiled kernels are cached on disk (a restart loads them in well under a second instead
-# of compiling for seconds). In a temporary directory unless NUMBA_CACHE_DIR says where:
-# the package directory is read-only in the container image.
-if not os.environ.get("NUMBA_CACHE_DIR"):
-    numba.config.CACHE_DIR = os.path.join(  # type: ignore[attr-defined]
-        tempfile.gettempdir(), "numba-cache")
+
+def _numba_cache_dir() -> str | None:
+    """Where compiled kernels are cached on disk (a restart then loads them in well under
+    a second instead of compiling for seconds): NUMBA_CACHE_DIR, else a temporary
+    directory (the package directory is read-only in the container image); None when
+    nothing is writable (a read-only container without /tmp): compile at each start."""
+    try:
+        path = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                  "numba-cache")
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # FileNotFoundError: no usable temporary directory at all
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+_CACHE_DIR = _numba_cache_dir()
+CACHE = _CACHE_DIR is not None
+"""Whether the compiled kernels (here and in :mod:`.decoders`) are cached on disk."""
+if CACHE:
+    numba.config.CACHE_DIR = _CACHE_DIR  # type: ignore[attr-defined]
 
 PRECISION_BITS = 32 - 8 - 2
 """Fractional bits of Pillow's 8-bit fixed-point coefficients."""
@@ -83,7 +97,7 @@ def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     return xmin.astype(np.int32), xmax.astype(np.int32), kk  # shared: never written to
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=CACHE)
 def _pass_last_axis(src: np.ndarray, xmin: np.ndarray, xmax: np.ndarray, kk: np.ndarray,
                     out: np.ndarray) -> None:  # pragma: no cover - compiled
     """``out[o, :] = clip8((1 << 21 + sum_t src[xmin[o] + t, :] * kk[o, t]) >> 22)``.
@@ -107,7 +121,7 @@ def _pass_last_axis(src: np.ndarray, xmin: np.ndarray, xmax: np.ndarray, kk: np.
             dst[j] = 0 if v < 0 else (255 if v > 255 else v)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=CACHE)
 def _transpose(src: np.ndarray, out: np.ndarray, channels: int) -> None:  # pragma: no cover
     """``out[x, y * channels + c] = src[y, x, c]`` for the first ``channels`` (1 or 3) of
     ``src``'s, in tiles that stay in the L1 cache (numpy's strided copy of 3-byte pixels
