@@ -198,6 +198,26 @@ def test_url_bytes_per_request_are_budgeted(limited: tuple[str, Path],
     assert post(url, {"pairs": one}).status_code == 200  # one of them fits
 
 
+def test_embed_has_the_same_deadline_budget_and_error_cap(limited: tuple[str, Path],
+                                                          image_host: ImageHost) -> None:
+    """/embed goes through the same per-request limits as /similarity (one code path)."""
+    url, _ = limited
+
+    def embed(images: list[dict[str, object]]) -> httpx.Response:
+        return httpx.post(f"{url}/embed", json={"images": images}, timeout=60)
+
+    r = embed([{"image": f"{image_host.base}/slow-embed-{i}"} for i in range(4)])
+    assert r.status_code == 504 and "REQUEST_TIMEOUT" in r.json()["detail"], r.text
+    a = image_host.add("embed-budget-a.png", noise_png(3))
+    b = image_host.add("embed-budget-b.png", noise_png(4))
+    r = embed([{"image": a}, {"image": b}])
+    assert r.status_code == 413 and "MAX_REQUEST_FETCH_MB" in r.json()["detail"], r.text
+    r = embed([{"id": i} for i in range(120)])  # 120 images without an image: 120 errors
+    assert r.status_code == 422 and len(r.json()["errors"]) == 50
+    assert r.json()["errors"][-1]["index"] == 49 and r.json()["errors"][-1]["id"] == 49
+    assert embed([{"image": b64(IMAGES[0]), "id": "ok"}]).status_code == 200
+
+
 def test_limits_do_not_change_ordinary_answers(limited: tuple[str, Path]) -> None:
     url, _ = limited
     pairs = one_pair()
