@@ -485,3 +485,25 @@ def test_pod_disruption_budgets() -> None:
         "maxUnavailable": "50%",
         "selector": {"matchLabels": {"serving.kserve.io/inferenceservice": "image-similarity",
                                      "component": c}}} for c in ("predictor", "transformer")}
+
+
+def _nginx_size_bytes(value: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    return int(value[:-1]) * units[value[-1].lower()] if value[-1].isalpha() else int(value)
+
+
+def test_ingress_limits_let_the_service_answer_first() -> None:
+    """The Ingress admits every body the service accepts and waits longer than the
+    service's request deadline, so clients get the service's own 413/504 with their JSON
+    reasons; and it does not admit far more than that (a 256 MB default would let proxies
+    buffer bodies the service refuses anyway)."""
+    from transformer.settings import TransformerSettings
+
+    s = TransformerSettings()
+    for annotations in (one(render(), "Ingress")["metadata"]["annotations"],
+                        {o["kind"]: o for _, o in manifest_objects()}["Ingress"]["metadata"][
+                            "annotations"]):
+        body = _nginx_size_bytes(annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+        assert s.max_request_body_mb * 1e6 <= body <= 1.1 * s.max_request_body_mb * 1e6, body
+        assert float(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > \
+            s.request_timeout, annotations
