@@ -500,10 +500,10 @@ def test_ingress_limits_let_the_service_answer_first() -> None:
     from transformer.settings import TransformerSettings
 
     s = TransformerSettings()
-    for annotations in (one(render(), "Ingress")["metadata"]["annotations"],
+    for notes in (one(render(), "Ingress")["metadata"]["annotations"],
                         {o["kind"]: o for _, o in manifest_objects()}["Ingress"]["metadata"][
                             "annotations"]):
-        body = _nginx_size_bytes(annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+        body = _nginx_size_bytes(notes["nginx.ingress.kubernetes.io/proxy-body-size"])
         assert s.max_request_body_mb * 1e6 <= body <= 1.1 * s.max_request_body_mb * 1e6, body
-        assert float(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > \
-            s.request_timeout, annotations
+        assert float(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > \
+            s.request_timeout, notes
