@@ -287,11 +287,16 @@ def test_transformer_image_has_no_torch(images: dict[str, str]) -> None:
 # DT_NEEDED names no file in the predictor image provides, as built from the Dockerfile
 # before anything was cut (measured): the driver's libcuda (the host brings it) and the
 # optional network transports of NVSHMEM and cuFile (InfiniBand, MPI, UCX, libfabric),
-# which those libraries open only when asked to.
+# which those libraries open only when asked to; and numba's optional OpenMP and TBB
+# threading layers (numba uses its own workqueue layer when they do not load).
 UNRESOLVED_BEFORE_TRIM = {
     "libcuda.so.1", "libfabric.so.1", "libibverbs.so.1", "libmlx5.so.1", "libmpi.so.40",
     "liboshmem.so.40", "libpmix.so.2", "librdmacm.so.1", "libucp.so.0", "libucs.so.0",
+    "libgomp.so.1.0.0", "libtbb.so.12",
 }
+# The shared libraries Dockerfile.predictor removes: nothing left may link against them.
+CUT_LIBRARIES = {"libcusolverMg.so.12", "libnvblas.so.13", "libcufftw.so.12",
+                 "libtriton.so", "libproton.so"}
 
 
 def test_predictor_image_keeps_what_torch_loads(images: dict[str, str]) -> None:
@@ -312,6 +317,7 @@ def test_predictor_image_keeps_what_torch_loads(images: dict[str, str]) -> None:
                        input=(Path(__file__).with_name("elf_needed.py")).read_text(),
                        timeout=300).stdout
     unresolved = json.loads(report)
+    assert not set(unresolved) & CUT_LIBRARIES, unresolved
     assert set(unresolved) <= UNRESOLVED_BEFORE_TRIM, {
         k: v for k, v in unresolved.items() if k not in UNRESOLVED_BEFORE_TRIM}
 
