@@ -495,9 +495,9 @@ def test_compose_cpu_end_to_end(images: dict[str, str], weights: Path,
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 600
         while True:
-            try:
+            try:  # ready, and the predictor's model info has reached the transformer
                 health = httpx.get(base + "/health", timeout=5)
-                if health.status_code == 200:
+                if health.status_code == 200 and health.json().get("device"):
                     break
             except httpx.HTTPError:
                 pass
