@@ -108,6 +108,10 @@ def run_in_docker(args: argparse.Namespace) -> int:
     """Build the test checkpoint here, then run this module inside ``args.docker``."""
     s = read_settings()
     choose_weights(s, print)
+    # The image runs as uid 1000; a bind mount keeps host permissions, and safetensors
+    # writes its files 0600.
+    for path in [s.weights_dir, *s.weights_dir.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
     limits = []
     if args.cpus:
         limits += ["--cpus", args.cpus]
