@@ -46,7 +46,7 @@ def test_threads_follow_a_guaranteed_whole_cpu_limit() -> None:
     assert str(res["limits"]["cpu"]).isdigit(), res
     env = env_of(c)
     assert "TORCH_THREADS" not in env and "OMP_NUM_THREADS" not in env, env
-    assert env["PRECISION"] == "bf16" and env["CPU_BATCH_SIZE"] == "16", env
+    assert env["PRECISION"] == "fp32" and env["CPU_BATCH_SIZE"] == "16", env
 
 
 def test_autoscaling_on_cpu_with_room_to_scale() -> None:
