@@ -329,8 +329,10 @@ class SimilarityTransformer(Model):
         """
         ready = await self.predictor.is_ready()
         if ready and not self.predictor_info:
+            # A busy predictor may take seconds to answer even an empty batch; within the
+            # probes' 5 s, so that a healthy answer names its device whenever it can.
             with contextlib.suppress(ServiceError):
-                self._update_info(await self.predictor.describe(timeout_s=1.0))
+                self._update_info(await self.predictor.describe(timeout_s=4.0))
         return ready, HealthResponse(
             status="healthy" if ready else "unavailable",
             model_loaded=ready,
