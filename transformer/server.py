@@ -190,38 +190,16 @@ class SimilarityTransformer(Model):
         The pairs are counted before anything is validated: a small body of many empty
         pairs must not buy one error item (and its memory and CPU) per pair.
         """
-        limit = self.settings.max_pairs_per_request
-        if isinstance(body, SimilarityRequest):
-            request = body
-        else:
-            _count_first(body, "pairs", limit, "MAX_PAIRS_PER_REQUEST", TooManyPairs)
-            try:
-                request = SimilarityRequest.model_validate(body)
-            except ValidationError as e:
-                raise BadRequest("the request body does not match the API",
-                                 _validation_items(e, body, "pairs", "pair_id")) from None
-        if len(request.pairs) > limit:
-            raise _too_many(len(request.pairs), limit, "pairs", "MAX_PAIRS_PER_REQUEST",
-                            TooManyPairs)
-        return request
+        return _validated(body, SimilarityRequest, "pairs", "pair_id",
+                          self.settings.max_pairs_per_request, "MAX_PAIRS_PER_REQUEST",
+                          TooManyPairs)
 
     def parse_embed(self, body: Any) -> EmbedRequest:
         """Validate an ``/embed`` body; nothing is decoded or fetched before this passes
         (the images are counted first, as the pairs are)."""
-        limit = self.settings.max_images_per_request
-        if isinstance(body, EmbedRequest):
-            request = body
-        else:
-            _count_first(body, "images", limit, "MAX_IMAGES_PER_REQUEST", TooManyImages)
-            try:
-                request = EmbedRequest.model_validate(body)
-            except ValidationError as e:
-                raise BadRequest("the request body does not match the API",
-                                 _validation_items(e, body, "images", "id")) from None
-        if len(request.images) > limit:
-            raise _too_many(len(request.images), limit, "images", "MAX_IMAGES_PER_REQUEST",
-                            TooManyImages)
-        return request
+        return _validated(body, EmbedRequest, "images", "id",
+                          self.settings.max_images_per_request, "MAX_IMAGES_PER_REQUEST",
+                          TooManyImages)
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:
         """Validate, deduplicate, fetch and decode: the batch for the predictor."""
@@ -357,6 +335,28 @@ def _too_many(count: int, limit: int, what: str, setting: str,
     return error(f"{count} {what} in one request; the limit is {limit} "
                  f"({setting}): split the request",
                  [ErrorItem(field=what, reason=f"{count} > {limit}")])
+
+
+_Request = TypeVar("_Request", SimilarityRequest, EmbedRequest)
+
+
+def _validated(body: Any, model: type[_Request], key: str, id_field: str, limit: int,
+               setting: str, error: type[ServiceError]) -> _Request:
+    """``body`` as ``model``: ``body[key]`` counted against ``limit`` first, then validated
+    (error items name ``id_field``), then counted again (an already-built model)."""
+    if isinstance(body, model):
+        request = body
+    else:
+        _count_first(body, key, limit, setting, error)
+        try:
+            request = model.model_validate(body)
+        except ValidationError as e:
+            raise BadRequest("the request body does not match the API",
+                             _validation_items(e, body, key, id_field)) from None
+    count = len(getattr(request, key))
+    if count > limit:
+        raise _too_many(count, limit, key, setting, error)
+    return request
 
 
 def _count_first(body: Any, key: str, limit: int, setting: str,
