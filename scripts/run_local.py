@@ -48,19 +48,44 @@ def _flag(name: str, default: bool) -> bool:
     return value in _TRUE
 
 
-def manual_steps(model_type: str, cache_dir: Path) -> str:
-    """Where each missing piece comes from and where it goes, for fetching by hand."""
+def missing_pieces(model_type: str, cache_dir: Path) -> list[tuple[str, str]]:
+    """What is missing from ``cache_dir``: ``(url, where it goes)`` per download.
+
+    Only what is missing: the release archive when any of its files is, the torch.hub
+    backbone when it is (an ensemble user whose DINO file is there is not told to fetch
+    it again).
+    """
     from predictor.layout import ADAPTER_WEIGHT_FILES, get_variant
     from predictor.weights import BASE_URL_ENV, sources
 
     variant = get_variant(model_type)
     where = sources(variant, os.environ.get(BASE_URL_ENV) or None)
-    lines = [f"  {where.release_url}", f"    unzip into {cache_dir}/, giving "
-             f"{', '.join(variant.release_files)} ({variant.lora_dir}/ holds "
-             f"adapter_config.json and {' or '.join(ADAPTER_WEIGHT_FILES)})"]
-    if variant.hub_file is not None and where.hub_url is not None:
-        lines += [f"  {where.hub_url}", f"    save as {cache_dir / variant.hub_file.path}"]
-    return "\n".join(lines)
+    hub_path = variant.hub_file.path if variant.hub_file is not None else None
+    release_missing = any(
+        not (cache_dir / f).is_file() for f in variant.required_files if f != hub_path
+    ) or not any((cache_dir / variant.lora_dir / f).is_file() for f in ADAPTER_WEIGHT_FILES)
+    pieces = []
+    if release_missing:
+        pieces.append((where.release_url, f"unzip into {cache_dir}/ (it holds "
+                                          f"{', '.join(variant.release_files)})"))
+    if hub_path is not None and where.hub_url is not None and not (cache_dir / hub_path).is_file():
+        pieces.append((where.hub_url, f"save as {cache_dir / hub_path}"))
+    return pieces
+
+
+def _offline_block(model_type: str, cache_dir: Path, why: str) -> str:
+    """The one message for weights that are missing and cannot be fetched from here."""
+    from predictor.weights import BASE_URL_ENV
+
+    return "\n".join([
+        f"cannot start: the DreamSim weights for MODEL_TYPE={model_type} are not complete in "
+        f"{cache_dir}, and {why}.",
+        "Download on a machine with internet access, and place here:",
+        *(f"  {url}\n    {where}" for url, where in missing_pieces(model_type, cache_dir)),
+        f"Or set {BASE_URL_ENV} to a mirror that serves these files under the same names, or "
+        "copy an existing upstream dreamsim cache (dreamsim(cache_dir=...)) there. Then run "
+        "`make run` again (README, 'Getting the weights').",
+    ])
 
 
 def prepare_weights(model_type: str, cache_dir: Path, *, auto_fetch: bool) -> str | None:
@@ -74,33 +99,35 @@ def prepare_weights(model_type: str, cache_dir: Path, *, auto_fetch: bool) -> st
     Returns:
         None when the predictor can start (weights present, fetched, or not fetched on
         purpose: the predictor then stops with its own message); else why not, with what
-        to do by hand.
+        to do by hand, as one block.
     """
     from predictor.checkpoint import WeightsError, check_files
     from predictor.layout import get_variant
-    from predictor.weights import FetchError, ensure_weights
+    from predictor.weights import FetchError, Unreachable, ensure_weights
 
     try:
         check_files(cache_dir, get_variant(model_type))
     except ValueError as e:  # unknown MODEL_TYPE: the predictor says it at start-up
         return str(e)
-    except WeightsError as e:
-        missing = str(e)
+    except WeightsError:
+        pass
     else:
         return None
     if not auto_fetch:
         print("run: the weights are missing and AUTO_FETCH_WEIGHTS is off: not fetching them",
               flush=True)
         return None
-    print(f"run: {missing.split('. ')[0]}.\nrun: fetching them now (AUTO_FETCH_WEIGHTS=false "
-          "turns this off)", flush=True)
+    names = ", ".join(url.rsplit("/", 1)[-1] for url, _ in missing_pieces(model_type, cache_dir))
+    print(f"run: fetching the DreamSim weights for MODEL_TYPE={model_type} into {cache_dir} "
+          f"({names}; AUTO_FETCH_WEIGHTS=false turns this off)", flush=True)
     started = time.monotonic()
     try:
         ensure_weights(model_type=model_type, cache_dir=cache_dir, progress=True)
         check_files(cache_dir, get_variant(model_type))
+    except Unreachable as e:
+        return _offline_block(model_type, cache_dir, f"{e.host} cannot be reached: {e.reason}")
     except (FetchError, WeightsError, OSError) as e:
-        return (f"could not fetch the weights: {e}\n{missing}\nBy hand, on a machine with "
-                f"internet access:\n{manual_steps(model_type, cache_dir)}")
+        return _offline_block(model_type, cache_dir, f"fetching them failed: {e}")
     print(f"run: weights for {model_type} fetched and verified in {cache_dir} "
           f"({time.monotonic() - started:.0f} s)", flush=True)
     return None

@@ -17,8 +17,8 @@ Usage::
 """
 
 from .cli import fetch_command, main
-from .errors import FetchError
+from .errors import FetchError, Unreachable
 from .fetch import BASE_URL_ENV, ensure_weights, fetch, sources
 
-__all__ = ["BASE_URL_ENV", "FetchError", "ensure_weights", "fetch", "fetch_command", "main",
-           "sources"]
+__all__ = ["BASE_URL_ENV", "FetchError", "Unreachable", "ensure_weights", "fetch",
+           "fetch_command", "main", "sources"]

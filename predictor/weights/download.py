@@ -13,9 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from .errors import README_HINT, FetchError
+from .errors import README_HINT, FetchError, Unreachable
 
 PROGRESS_STEPS = 10
+# A line at least this often, so that a slow link shows life long before its first 10%.
+PROGRESS_EVERY_S = 2.0
 # Without a Content-Length there is no percentage; report every this many bytes instead.
 PROGRESS_UNKNOWN_TOTAL_EVERY = 64 << 20
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
@@ -31,10 +33,27 @@ def _host(url: str) -> str:
     return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
 
 
-def _unreachable(url: str, exc: Exception, manual_step: str) -> FetchError:
-    return FetchError(
-        f"could not reach {_host(url)}: {exc or type(exc).__name__}; this machine may have "
-        f"no internet access: download {url} elsewhere and {manual_step} ({README_HINT})"
+def _reason(exc: Exception) -> str:
+    """A short reason for a failed connection, in words rather than errno names."""
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if "name or service not known" in lowered or "nodename nor servname" in lowered \
+            or "temporary failure in name resolution" in lowered \
+            or "no address associated" in lowered:
+        return "the name does not resolve"
+    if "connection refused" in lowered:
+        return "connection refused"
+    if isinstance(exc, httpx.ConnectTimeout) or "timed out" in lowered:
+        return "connection timed out"
+    return text
+
+
+def _unreachable(url: str, exc: Exception, manual_step: str) -> Unreachable:
+    host, reason = _host(url), _reason(exc)
+    return Unreachable(
+        f"could not reach {host} ({reason}); this machine may have no internet access: "
+        f"download {url} elsewhere and {manual_step} ({README_HINT})",
+        host=host, reason=reason,
     )
 
 
@@ -45,10 +64,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Prints ``name: 40% (x MB / y MB, r MB/s, m:ss left)`` about every 10%, not per chunk.
+    """Prints ``name: 40% (x MB / y MB, r MB/s, m:ss left)`` at each 10% and every 2 s.
 
-    The rate counts only the bytes of this run (a resumed download starts its clock at
-    the resume offset), so the time left is an honest estimate.
+    Not per chunk: a line when the download crosses a tenth of its size, or when
+    ``PROGRESS_EVERY_S`` have passed since the last line (so a 700 MB file on a slow link
+    shows its rate within seconds, not after its first 70 MB), and at the end. The rate
+    counts only the bytes of this run (a resumed download starts its clock at the resume
+    offset), so the time left is an honest estimate.
     """
 
     def __init__(self, name: str, start: int, total: int | None, *, enabled: bool = True,
@@ -59,6 +81,7 @@ class Progress:
         self._clock = clock
         self._start_bytes = start
         self._start_time = clock()
+        self._last_line = self._start_time
         self.next_report = self._next_after(start)
 
     def _next_after(self, done: int) -> int:
@@ -83,10 +106,13 @@ class Progress:
         return f"{self.name}: {done / 1e6:.1f} MB ({speed})"
 
     def update(self, done: int) -> None:
-        if done < self.next_report and done != self.total:
+        now = self._clock()
+        if (done < self.next_report and done != self.total
+                and now - self._last_line < PROGRESS_EVERY_S):
             return
         if self.enabled:
             print(self.line(done), file=sys.stderr, flush=True)
+        self._last_line = now
         self.next_report = self._next_after(done)
 
 

@@ -553,6 +553,20 @@ def test_progress_line_shows_rate_and_time_left() -> None:
     assert Progress("y", 0, None, clock=lambda: now[0]).line(0) == "y: 0.0 MB (0.0 MB/s)"
 
 
+def test_progress_shows_life_every_two_seconds_on_a_slow_link(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A 700 MB file at 0.5 MB/s takes 140 s to its first 10%: a line comes every 2 s."""
+    now = [0.0]
+    meter = Progress("big.pth", 0, 700_000_000, clock=lambda: now[0])
+    for second in range(1, 9):  # 8 s at 0.5 MB/s: 4 MB, far from the first 70 MB step
+        now[0] = float(second)
+        meter.update(second * 500_000)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4, lines  # at 2, 4, 6 and 8 s
+    assert lines[0].startswith("big.pth: 0% (1.0 MB / 700.0 MB, 0.5 MB/s")
+    assert lines[-1].startswith("big.pth: 0% (4.0 MB / 700.0 MB")
+
+
 def test_every_variant_is_upstreams_with_its_release_url() -> None:
     """The variants and release URLs are upstream's own (dreamsim/config.py), and the
     predictor's MODEL_TYPE setting accepts exactly these."""
