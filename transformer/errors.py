@@ -26,7 +26,12 @@ class ServiceError(Exception):
             detail = (f"{detail}; the first {MAX_ERROR_ITEMS} errors are listed, "
                       f"{len(errors) - MAX_ERROR_ITEMS} more left out")
             errors = errors[:MAX_ERROR_ITEMS]
-        return ErrorResponse(detail=detail, errors=errors).model_dump()
+        body = ErrorResponse(detail=detail, errors=errors).model_dump()
+        for item, dumped in zip(errors, body["errors"], strict=True):
+            for key in ("pair_id", "id"):
+                if key not in item.model_fields_set:
+                    del dumped[key]
+        return body
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}

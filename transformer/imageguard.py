@@ -21,6 +21,11 @@ pixel. So before ``Image.open``:
   microseconds.
 - BMP: run-length-encoded BMPs (RLE4, RLE8) are refused: Pillow decodes them in Python, at
   about 1.5 s per MB. Other BMPs have fixed-size headers.
+- Formats that are recognised but not accepted are named in the answer with the accepted
+  list, so that a phone's HEIC or a browser's AVIF gets "AVIF images are not accepted", not
+  "not a recognised image format": TIFF (above), AVIF and HEIC/HEIF (ISOBMFF containers:
+  Pillow 13 decodes AVIF, but bounding their nested box structure before libavif parses it
+  would need a parser of our own, as TIFF would), JPEG XL, JPEG 2000, ICO, PSD, SVG and PDF.
 
 The walk only bounds work; it does not validate. Whatever it does not understand (a
 truncated file, a bad length) is left to Pillow, which refuses it as corrupt.
@@ -42,6 +47,34 @@ _CHUNK_BYTES = 4096
 def chunk_budget(size: int) -> int:
     """Most PNG or WebP chunks accepted in an image of ``size`` bytes."""
     return _CHUNK_BASE + size // _CHUNK_BYTES
+
+
+# ISOBMFF ``ftyp`` brands (bytes 8-12) of the still-image formats phones and browsers send.
+_AVIF_BRANDS = frozenset((b"avif", b"avis"))
+_HEIF_BRANDS = frozenset((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm",
+                          b"hevs", b"mif1", b"msf1"))
+_NOT_ACCEPTED_MAGIC = (  # (prefix, name) of other recognised formats, refused by name
+    (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"%PDF-", "PDF"),
+)
+
+
+def _not_accepted(data: bytes) -> str | None:
+    """The name of a format that is recognised but not accepted, or None."""
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in _AVIF_BRANDS:
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIC/HEIF"
+    for prefix, name in _NOT_ACCEPTED_MAGIC:
+        if data.startswith(prefix):
+            return name
+    head = data[:256].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "SVG"
+    return None
 
 
 def sniff(data: bytes) -> str | None:
@@ -68,7 +101,10 @@ def why_refused(data: bytes) -> str | None:
     """
     fmt = sniff(data)
     if fmt is None:
-        return "not a recognised image format"
+        other = _not_accepted(data)
+        if other is not None:
+            return f"{other} images are not accepted (accepted: {ACCEPTED}): convert it first"
+        return f"not a recognised image format (accepted: {ACCEPTED})"
     if fmt == "TIFF":
         return f"TIFF images are not accepted (accepted: {ACCEPTED})"
     if fmt == "PNG":

@@ -45,7 +45,7 @@ import pybase64
 from PIL import Image
 
 from .decoders import native_pixels
-from .imageguard import ALLOWED_FORMATS, why_refused
+from .imageguard import ACCEPTED, ALLOWED_FORMATS, why_refused
 from .resize import matches_pillow, resize_bicubic
 
 DecodeImpl = Literal["native", "pillow"]
@@ -254,7 +254,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except Image.DecompressionBombError as exc:
         raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
-        raise ImageInputError("not a recognised image format") from None
+        raise ImageInputError(f"not a recognised image format (accepted: {ACCEPTED})") from None
     except Exception:  # any other Pillow failure while reading the header
         raise ImageInputError("truncated or corrupt image data") from None
 

@@ -103,9 +103,15 @@ class BlockedAddress(Exception):
 
 
 def _not_public(host: str) -> str:
-    """The one answer for a name that does not resolve or resolves to a blocked address."""
-    return (f"URL host {host[:200]!r} does not resolve to a public address "
-            "(see URL_ALLOWED_NETWORKS)")
+    """The one answer for a name that does not resolve or resolves to a blocked address.
+
+    Both causes are named, in that order (a name that does not resolve is the common case:
+    a typo, or a service with no internet access), without telling which one holds: that
+    would tell clients which internal names exist.
+    """
+    return (f"URL host {host[:200]!r} does not resolve to a public address: the name does "
+            "not resolve (from the service), or only to private or blocked addresses "
+            "(URL_ALLOWED_NETWORKS opens exceptions)")
 
 
 class Resolver:

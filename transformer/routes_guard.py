@@ -4,7 +4,7 @@ KServe's model server adds routes of its own to the transformer's app: v1 ``:pre
 ``:explain``, v2 ``/infer``, model repository ``load``/``unload``, server metadata, ``/docs``.
 The inference ones would run ``preprocess`` (fetching URLs, decoding images) outside the
 admission control, the body limit and the budgets of ``POST /similarity``; ``unload`` would
-take the model out of service. None of them is part of the public API (``API.md``), so
+take the model out of service. None of them is part of the public API (README, "API"), so
 rather than repeat every limit on each of them, an allow-list refuses everything else with a
 404 and a JSON body saying what is served, before the body is read.
 
@@ -15,6 +15,7 @@ which documents the public routes only (``public_openapi``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -31,7 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_PATHS = ("/similarity", "/embed", "/health")
-"""The public API (``API.md``); the Ingress/HTTPRoute expose these and nothing else."""
+"""The public API (README, "API"); the Ingress/HTTPRoute expose these and nothing else."""
 
 PROBE_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
 """For the kubelet's probes and Prometheus, inside the cluster."""
@@ -80,6 +81,14 @@ def _public(route: BaseRoute) -> bool:
     return isinstance(route, Route) and route.path in PUBLIC_PATHS
 
 
+def _version() -> str:
+    """This service's version (not KServe's, which FastAPI's app carries)."""
+    try:
+        return importlib.metadata.version("image-similarity-service")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
 def install(app: FastAPI) -> None:
     """Refuse every route but the allowed ones, and document only the public ones."""
     app.add_middleware(RoutesGuard)  # type: ignore[arg-type]
@@ -88,8 +97,11 @@ def install(app: FastAPI) -> None:
         """The OpenAPI document of the public routes (KServe's are not served)."""
         if app.openapi_schema is None:
             app.openapi_schema = get_openapi(
-                title="image-similarity-service", version=app.version,
-                description="DreamSim distances between image pairs (see API.md)",
+                title="image-similarity-service", version=_version(),
+                description="DreamSim perceptual distances between image pairs "
+                            "(POST /similarity) and embeddings of images (POST /embed); "
+                            "readiness at GET /health. The contract, with examples: the "
+                            "project README, section 'API'.",
                 routes=[r for r in app.routes if _public(r)])
         return app.openapi_schema
 

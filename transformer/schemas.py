@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr
 
 MAX_PAIR_ID_LENGTH = 256
 # A string (up to 256 characters) or an integer, echoed as given; booleans, floats and
@@ -26,6 +26,8 @@ class SimilarityRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     pairs: list[ImagePair]
+    # Unknown fields the body carried (transformer.unknown_fields), for the answer.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
 
 class PairScore(BaseModel):
@@ -34,9 +36,14 @@ class PairScore(BaseModel):
     pair_id: PairId = None
 
 
+WARNINGS_DESCRIPTION = ("unknown fields of the request that were ignored (a misspelt "
+                        "optional field, say); present only when there are some")
+
+
 class SimilarityResponse(BaseModel):
     scores: list[PairScore] = Field(description="one per pair, in request order")
     processing_time_ms: float
+    warnings: list[str] | None = Field(None, description=WARNINGS_DESCRIPTION)
 
 
 class HealthResponse(BaseModel):
@@ -62,6 +69,7 @@ class EmbedRequest(BaseModel):
     encoding: Literal["float", "base64"] = Field(
         "float", description="float: a list of numbers; base64: the little-endian float32 "
                              "bytes of the vector, base64-encoded")
+    _warnings: list[str] = PrivateAttr(default_factory=list)
 
 
 class ImageEmbedding(BaseModel):
@@ -76,10 +84,16 @@ class EmbedResponse(BaseModel):
     model_type: str = Field(description="the DreamSim variant that computed them")
     dim: int = Field(description="length of each embedding")
     processing_time_ms: float
+    warnings: list[str] | None = Field(None, description=WARNINGS_DESCRIPTION)
 
 
 class ErrorItem(BaseModel):
-    """One thing wrong with a request: which pair or image, which field, why."""
+    """One thing wrong with a request: which pair or image, which field, why.
+
+    An item names the pair (``pair_id``, /similarity) or the image (``id``, /embed) it was
+    made for, never both: the identity field its maker did not set is left out of the
+    answer (``ServiceError.body``).
+    """
 
     index: int | None = Field(None, description="position of the pair in 'pairs' (or of the "
                                                 "image in 'images')")

@@ -30,7 +30,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from kserve import Model, ModelServer
 from kserve import model_server as kserve_model_server
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service_common import logs
 
@@ -59,16 +59,19 @@ from .predictor_client import Embeddings, PredictorClient
 from .resize import warm_up as warm_up_resize
 from .schemas import (
     MAX_PAIR_ID_LENGTH,
+    EmbedImage,
     EmbedRequest,
     EmbedResponse,
     ErrorItem,
     ErrorResponse,
     HealthResponse,
+    ImagePair,
     SimilarityRequest,
     SimilarityResponse,
 )
 from .scoring import PairPlan, plan_pairs, score_pairs
 from .settings import TransformerSettings
+from .unknown_fields import unknown_fields
 
 T = TypeVar("T")
 log = logging.getLogger("transformer")
@@ -275,12 +278,17 @@ class SimilarityTransformer(Model):
             embeddings = embeddings_in_order(result.embeddings, plan, result.images.rows,
                                              [image.id for image in request.images],
                                              request.encoding)
-            return {"embeddings": [e.model_dump() for e in embeddings],
-                    "model_type": info["model_type"], "dim": info["embedding_dim"]}
-        assert isinstance(plan, PairPlan)
-        ids = [p.pair_id for p in request.pairs]
-        return {"scores": [s.model_dump() for s in score_pairs(
-            result.embeddings, plan, result.images.rows, ids)]}
+            answer: dict[str, Any] = {
+                "embeddings": [e.model_dump() for e in embeddings],
+                "model_type": info["model_type"], "dim": info["embedding_dim"]}
+        else:
+            assert isinstance(plan, PairPlan)
+            ids = [p.pair_id for p in request.pairs]
+            answer = {"scores": [s.model_dump() for s in score_pairs(
+                result.embeddings, plan, result.images.rows, ids)]}
+        if request._warnings:
+            answer["warnings"] = request._warnings
+        return answer
 
     async def _model_info(self) -> dict[str, Any]:
         """Variant and embedding size of the predictor; asked with an empty batch (no
@@ -343,7 +351,8 @@ _Request = TypeVar("_Request", SimilarityRequest, EmbedRequest)
 def _validated(body: Any, model: type[_Request], key: str, id_field: str, limit: int,
                setting: str, error: type[ServiceError]) -> _Request:
     """``body`` as ``model``: ``body[key]`` counted against ``limit`` first, then validated
-    (error items name ``id_field``), then counted again (an already-built model)."""
+    (error items name ``id_field``), then counted again (an already-built model). The
+    fields it carried that the API does not know become the answer's ``warnings``."""
     if isinstance(body, model):
         request = body
     else:
@@ -353,10 +362,28 @@ def _validated(body: Any, model: type[_Request], key: str, id_field: str, limit:
         except ValidationError as e:
             raise BadRequest("the request body does not match the API",
                              _validation_items(e, body, key, id_field)) from None
+        request._warnings = unknown_fields(body, model, key, _ITEM_MODELS[model])
     count = len(getattr(request, key))
     if count > limit:
         raise _too_many(count, limit, key, setting, error)
     return request
+
+
+_ITEM_MODELS: dict[type[BaseModel], type[BaseModel]] = {
+    SimilarityRequest: ImagePair, EmbedRequest: EmbedImage}
+# What a body and each of its items must look like, for the answer when one is not an
+# object at all (pydantic would name the internal class: "instance of EmbedImage").
+_SHAPES = {
+    "body": {"pairs": 'a JSON object: {"pairs": [{"reference_image": ..., '
+                      '"generated_image": ..., "pair_id": optional}, ...]}',
+             "images": 'a JSON object: {"images": [{"image": ..., "id": optional}, ...], '
+                       '"encoding": optional}'},
+    "item": {"pairs": 'each pair must be an object: {"reference_image": "<base64, data URI '
+                      'or URL>", "generated_image": "<...>", "pair_id": optional}',
+             "images": 'each image must be an object: {"image": "<base64, data URI or '
+                       'URL>", "id": optional}'},
+}
+_NOT_AN_OBJECT = frozenset(("model_type", "model_attributes_type", "dict_type"))
 
 
 def _count_first(body: Any, key: str, limit: int, setting: str,
@@ -381,7 +408,13 @@ def _validation_items(error: ValidationError, body: Any, list_key: str,
         if index is not None and isinstance(entries, list) and isinstance(entries[index], dict):
             item_id = _echoable_id(entries[index].get(id_key))
         field = ".".join(str(p) for p in (loc[2:] if index is not None else loc)) or "body"
-        items.append(ErrorItem(index=index, field=field, reason=err["msg"],
+        reason = err["msg"]
+        if err["type"] in _NOT_AN_OBJECT and (not loc or (index is not None and len(loc) == 2)):
+            # the body, or a whole item, is not an object: say what it must look like
+            field = "body" if not loc else list_key
+            reason = (f"the body must be {_SHAPES['body'][list_key]}" if not loc
+                      else _SHAPES["item"][list_key])
+        items.append(ErrorItem(index=index, field=field, reason=reason,
                                **{id_key: item_id}))
     return items
 

@@ -57,7 +57,7 @@ CPU_VALUES_FALLBACK: dict[str, Any] = {"predictor": {"gpu": {"count": 0}}}
 # Env set on top of the rendered predictor env: what this machine needs (no GPU here).
 PREDICTOR_ENV_EXTRA: dict[str, str] = {"DEVICE": "cpu"}
 # Largest |service - upstream fp32| allowed per PRECISION the profile runs: fp32 (auto on
-# CPU) is exact to 1e-5; bf16 measured up to 3.0e-3 (README, Fidelity). docker-compose's
+# CPU) is exact to 1e-5; bf16 measured up to 3.0e-3 (docs/fidelity.md). docker-compose's
 # CPU file runs fp32 and checks 1e-5 whatever the profile says.
 TOLERANCE: dict[str, float] = {"auto": 1e-5, "fp32": 1e-5, "bf16": 1e-2}
 # The predictor's gRPC port reached by service name, as KServe's --predictor_host does.

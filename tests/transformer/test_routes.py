@@ -83,6 +83,13 @@ def test_openapi_documents_only_the_public_routes(url: str) -> None:
     doc = httpx.get(f"{url}/openapi.json", timeout=30).json()
     assert {"/similarity", "/health"} <= set(doc["paths"])
     assert set(doc["paths"]) <= {"/similarity", "/health", "/embed"}, sorted(doc["paths"])
+    # this service's version and a description that points at what exists (no API.md)
+    import importlib.metadata
+
+    assert doc["info"]["version"] == importlib.metadata.version("image-similarity-service")
+    assert doc["info"]["version"] != importlib.metadata.version("kserve")
+    assert "API.md" not in doc["info"]["description"]
+    assert "README" in doc["info"]["description"]
 
 
 def test_guard_allow_list() -> None:

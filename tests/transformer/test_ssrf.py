@@ -156,7 +156,9 @@ def refused(url: str, *, allowed: Sequence[IPNetwork] = ALLOWED, max_redirects: 
 
 def not_public(name: str) -> str:
     """What a client is told about a name that resolves to a blocked address, or not at all."""
-    return f"URL host {name!r} does not resolve to a public address (see URL_ALLOWED_NETWORKS)"
+    return (f"URL host {name!r} does not resolve to a public address: the name does not "
+            "resolve (from the service), or only to private or blocked addresses "
+            "(URL_ALLOWED_NETWORKS opens exceptions)")
 
 
 def refused_detail(url: str, *, fast: bool = True) -> tuple[str, str]:
