@@ -332,8 +332,9 @@ def test_zero_size_header(dims: tuple[int, int]) -> None:
     # zero-size check is a guard for other plugins; either reason is a clean 400.
     with pytest.raises(ImageInputError) as excinfo:
         decode_image(png_header_only(*dims))
-    assert reason_of(excinfo) in ("image has zero width or height",
-                                  "not a recognised image format (accepted: PNG, JPEG, WebP, GIF, BMP)")
+    assert reason_of(excinfo) in (
+        "image has zero width or height",
+        "not a recognised image format (accepted: PNG, JPEG, WebP, GIF, BMP)")
 
 
 # --- parse_image_input -----------------------------------------------------------------------
