@@ -121,6 +121,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "netpol-no-url": {"networkPolicy": {"transformer": {"urlEgress": False}}},
+    # gRPC round_robin through the chart's headless Service, predictor replicas on the
+    # ReadWriteOnce PVC kept on one node (issue 18).
+    "round-robin": {
+        "transformer": {"predictorLbPolicy": "round_robin", "predictorConnections": 12},
+        "predictor": {"minReplicas": 1, "maxReplicas": 4,
+                      "autoscaling": {"class": "hpa", "metric": "memory", "target": 75}},
+    },
     "netpol-off": {"networkPolicy": {"enabled": False}},
     # The CPU-only profile users install (issue 14), as shipped.
     "cpu-profile": yaml.safe_load((CHART / "values-cpu.yaml").read_text()),
