@@ -4,7 +4,9 @@
 #   2. install cert-manager, ingress-nginx and KServe (Standard mode)
 #   3. build both images and load them into the cluster
 #   4. run tests/deploy/test_cluster.py: it copies random test weights into a PVC, installs
-#      the chart with tests/deploy/values-kind.yaml, waits for Ready and calls the Ingress
+#      the chart with tests/deploy/values-kind.yaml, waits for it and calls the Ingress
+#      ($WAIT_READY is the documented wait, scripts/wait_ready.sh: both rollouts,
+#      TransformerReady, then Ready)
 #   5. delete the cluster (KIND_KEEP=1 keeps it for debugging)
 # Needs docker (an engine), kind, kubectl, and internet for the charts and manifests.
 set -euo pipefail
@@ -68,15 +70,18 @@ kubectl --context "$CTX" -n ingress-nginx wait --for=condition=Ready pod \
     --selector=app.kubernetes.io/component=controller --timeout=300s
 
 step "KServe $KSERVE_VERSION in Standard mode"
-# The charts are kserve-crd and kserve-resources (the single `kserve` chart was split in 0.17);
-# the same lines as docs/deploy.md (tests/deploy/test_kserve_defects.py keeps them equal).
+# The charts are kserve-crd (the CRDs) and kserve-resources (the controller), published side by
+# side since v0.11; the same lines as docs/deploy.md (tests/deploy/test_kserve_defects.py keeps
+# them equal). disableIstioVirtualHost: there is no Istio, and KServe would otherwise emit a
+# warning event on every reconcile.
 "$HELM" --kube-context "$CTX" install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "$KSERVE_VERSION" \
     --namespace kserve --create-namespace --wait
 "$HELM" --kube-context "$CTX" install kserve oci://ghcr.io/kserve/charts/kserve-resources --version "$KSERVE_VERSION" \
     --namespace kserve --wait --timeout 10m \
     --set kserve.controller.deploymentMode=Standard \
     --set kserve.controller.gateway.ingressGateway.className=nginx \
-    --set kserve.controller.gateway.ingressGateway.enableGatewayApi=false
+    --set kserve.controller.gateway.ingressGateway.enableGatewayApi=false \
+    --set kserve.controller.gateway.disableIstioVirtualHost=true
 
 step "build and load images"
 docker build -f Dockerfile.predictor -t image-similarity-predictor:kind .
@@ -84,4 +89,7 @@ docker build -f Dockerfile.transformer -t image-similarity-transformer:kind .
 kind load docker-image --name "$KIND_CLUSTER" image-similarity-predictor:kind image-similarity-transformer:kind
 
 step "cluster tests"
+# The documented wait after an install or upgrade (both rollouts, then TransformerReady,
+# then Ready), for the cluster tests to use.
+export WAIT_READY="$PWD/scripts/wait_ready.sh"
 "$PY" -m pytest -m cluster tests/deploy/test_cluster.py -v -rs -p no:cacheprovider

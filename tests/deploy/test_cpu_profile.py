@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.render import MANIFESTS, VALUE_SETS, container, env_of, one, render
+from tests.deploy.render import (
+    MANIFESTS,
+    VALUE_SETS,
+    container,
+    env_of,
+    namespace_free,
+    one,
+    render,
+)
 
 OVERLAY = MANIFESTS.parent / "overlays" / "cpu"
 
@@ -73,6 +81,6 @@ def test_the_overlay_is_the_chart_profile() -> None:
     plain = one([d for d in yaml.safe_load_all(out) if d], "InferenceService")
     chart = _isvc()
     for component in ("predictor", "transformer"):
-        c = dict(chart["spec"][component])
+        c = namespace_free(chart["spec"][component])
         c.pop("serviceAccountName")  # the chart's own ServiceAccount
         assert c == plain["spec"][component], component

@@ -218,16 +218,19 @@ class Stack:
 
 def start_transformer(spec: Spec, images: dict[str, str], name: str, network: str) -> str:
     c = spec.container("transformer")
-    assert arg_value(c["args"], "--predictor_host") is None  # the KServe controller adds it
     grpc_port = arg_value(spec.container("predictor")["args"], "--grpc_port")
+    # The chart names the predictor Service's gRPC port itself (issue 18): point the same
+    # flag at the predictor container's network alias instead.
+    assert (arg_value(c["args"], "--predictor_host") or "").endswith(f":{grpc_port}")
+    args = list(c["args"])
+    args[args.index("--predictor_host") + 1] = f"{PREDICTOR_ALIAS}:{grpc_port}"
     http_port = int(arg_value(c["args"], "--http_port") or 0)
     dk.run_detached(
         images["transformer"], name=name,
         options=["--network", network, "-p", f"127.0.0.1::{http_port}",
                  *pod_options(spec.pod("transformer"), c)],
         env=env_of(c), entrypoint=c["command"][0],
-        args=[*c["command"][1:], *c["args"], "--predictor_host",
-              f"{PREDICTOR_ALIAS}:{grpc_port}"])
+        args=[*c["command"][1:], *args])
     base = f"http://127.0.0.1:{dk.published_port(name, http_port)}"
     wait_ready(base + c["readinessProbe"]["httpGet"]["path"], name, timeout_s=120)
     return base

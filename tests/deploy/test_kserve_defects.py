@@ -259,8 +259,9 @@ def test_predictor_pod_fills_its_own_volume() -> None:
     cache = init["args"][init["args"].index("--cache-dir") + 1]
     assert cache == f"{w_init['mountPath']}/{w_pred['subPath']}"
     assert w_pred["mountPath"] == env_of(pred)["MODEL_CACHE_DIR"]
-    # The PVC is never re-templated (immutable spec) and survives uninstall.
-    assert pvc["metadata"]["annotations"]["helm.sh/hook"] == "pre-install"
+    # A plain release object (issue 18: a hook is never created on upgrade) that survives
+    # uninstall.
+    assert "helm.sh/hook" not in pvc["metadata"]["annotations"]
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 

@@ -45,10 +45,18 @@ def ip_blocks(rule: dict[str, Any]) -> list[dict[str, Any]]:
     return [peer["ipBlock"] for peer in rule.get("to", []) if "ipBlock" in peer]
 
 
+def is_metadata_rule(rule: dict[str, Any]) -> bool:
+    """The workload-identity rule: only link-local /32s (cloud metadata endpoints)."""
+    blocks = ip_blocks(rule)
+    return bool(blocks) and len(blocks) == len(rule["to"]) and all(
+        ipaddress.ip_network(b["cidr"]).subnet_of(ipaddress.ip_network("169.254.0.0/16"))
+        and "except" not in b for b in blocks)
+
+
 def web_rules(policy: dict[str, Any]) -> list[dict[str, Any]]:
-    """Egress rules that open TCP 80 or 443."""
+    """Egress rules that open TCP 80 or 443 (the workload-identity rule aside)."""
     return [r for r in policy["spec"]["egress"]
-            if ports_of(r) & {(80, "TCP"), (443, "TCP")}]
+            if ports_of(r) & {(80, "TCP"), (443, "TCP")} and not is_metadata_rule(r)]
 
 
 def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -142,7 +150,9 @@ def test_custom_options() -> None:
     pred = nps["predictor"]["spec"]
     assert pred["ingress"][1] == {"from": [monitoring],
                                   "ports": [{"port": 8080, "protocol": "TCP"}]}
-    dns, storage, extra = pred["egress"]
+    # s3://: the metadata endpoints for workload identity too (issue 18).
+    dns, storage, *metadata, extra = pred["egress"]
+    assert metadata and all(is_metadata_rule(r) for r in metadata), metadata
     assert dns["to"] == [node_dns]
     assert storage["ports"] == [{"port": 9000, "protocol": "TCP"}], "storageEgress replaces 443"
     assert extra["ports"] == [{"port": 15012, "protocol": "TCP"}]

@@ -2,8 +2,8 @@
 
 Takes command, args and env of the predictor and the transformer from ``helm template``
 with the default values (the GPU deployment), changes only what the cluster provides
-(ports on loopback, the weights mount, the device, the --predictor_host the KServe
-controller would add), starts both as processes and asks /similarity.
+(ports on loopback, the weights mount, the device, the --predictor_host's Service name),
+starts both as processes and asks /similarity.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ def test_rendered_containers_serve(dino_weights_dir: Path, tmp_path: Path) -> No
     pred, tr = container(isvc, "predictor"), container(isvc, "transformer")
     http_p, grpc_p, http_t = free_port(), free_port(), free_port()
 
-    # The KServe controller adds --predictor_host <name>-predictor.<namespace>: port 80 of
-    # the predictor Service, which is its first container port, the gRPC one.
-    assert pred["ports"][0]["containerPort"] == int(arg_value(pred["args"], "--grpc_port") or 0)
+    # The chart passes --predictor_host <name>-predictor.<namespace>:8081, the predictor's
+    # gRPC port, which KServe's Service exposes as itself (not the first port: that one is 80).
+    grpc_rendered = arg_value(pred["args"], "--grpc_port")
+    assert (arg_value(tr["args"], "--predictor_host") or "").endswith(f":{grpc_rendered}")
+    assert [p["containerPort"] for p in pred["ports"]][1:] == [int(grpc_rendered or 0)]
     pred = {**pred, "args": _set_arg(_set_arg(pred["args"], "--http_port", str(http_p)),
                                      "--grpc_port", str(grpc_p))}
-    assert arg_value(tr["args"], "--predictor_host") is None
     tr = {**tr, "args": _set_arg(_set_arg(tr["args"], "--http_port", str(http_t)),
                                  "--predictor_host", f"127.0.0.1:{grpc_p}")}
     pred_env = {**env_of(pred), "DEVICE": "cpu", "MODEL_CACHE_DIR": str(dino_weights_dir),

@@ -194,8 +194,9 @@ def test_kustomization_builds_everything() -> None:
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     files = {p.name for p in manifest_files()}
-    # The two route files are alternatives: exactly one of them is listed.
-    assert files - listed == {"httproute.yaml"}, files - listed
+    # The two route files are alternatives: exactly one of them is listed; the headless
+    # predictor Service is optional (gRPC round_robin, issue 18).
+    assert files - listed == {"httproute.yaml", "predictor-headless.yaml"}, files - listed
     assert listed <= files
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -219,5 +220,5 @@ def test_yamllint() -> None:
 
 def test_scripts_parse() -> None:
     """The install and kind scripts are valid bash (the kind one cannot run here)."""
-    for script in ("install_tools.sh", "kind_test.sh"):
+    for script in ("install_tools.sh", "kind_test.sh", "wait_ready.sh"):
         subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / script)], check=True)

@@ -38,6 +38,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+Labels of the InferenceService: no helm.sh/chart and no app.kubernetes.io/version. KServe
+copies the InferenceService's labels into both Deployments' pod templates, so a label that
+changes with the chart release (not the images) would restart the GPU predictor (Recreate,
+a full model reload) on every chart bump.
+*/}}
+{{- define "image-similarity.isvcLabels" -}}
+{{ include "image-similarity.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Labels that identify this release's objects (selectors). */}}
 {{- define "image-similarity.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "image-similarity.name" . }}
@@ -119,6 +133,73 @@ reconciler owns and overwrites the Ingress/HTTPRoute of that name) nor <name>-pr
 {{- printf "%s-public" (include "image-similarity.fullname" .) }}
 {{- end }}
 
+{{/*
+The transformer's --predictor_host. KServe's own (<name>-predictor.<namespace>, no port) makes
+the client dial port 80, which exists only on a ClusterIP Service (KServe maps the first
+container port to 80) and not where the Service is headless (serviceClusterIPNone). The
+predictor's gRPC port is its second container port, which KServe exposes as itself (8081),
+so <name>-predictor.<namespace>:8081 works for both kinds of Service. With
+transformer.predictorLbPolicy round_robin: the chart's headless Service through gRPC's DNS
+resolver, one subchannel per ready predictor pod.
+*/}}
+{{- define "image-similarity.predictorHost" -}}
+{{- $name := include "image-similarity.fullname" . }}
+{{- if eq .Values.transformer.predictorLbPolicy "round_robin" }}
+{{- printf "dns:///%s-predictor-headless.%s:8081" $name .Release.Namespace }}
+{{- else }}
+{{- printf "%s-predictor.%s:8081" $name .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the predictor pod needs the node's metadata endpoint for cloud workload identity
+(networkPolicy.predictor.workloadIdentity: auto is on for gs:// and s3:// storageUri).
+*/}}
+{{- define "image-similarity.metadataEgress" -}}
+{{- $wi := toString .Values.networkPolicy.predictor.workloadIdentity.enabled }}
+{{- if eq $wi "true" }}
+{{- "true" }}
+{{- else if and (eq $wi "auto") (eq .Values.weights.source "storageUri") (regexMatch "^(gs|s3)://" .Values.weights.storageUri) }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when predictor pods may run side by side on the ReadWriteOnce weights PVC the chart
+creates: more than one replica (or an autoscaler), or a rollout that starts the new pod
+before the old one stops. Every such pod must run on the node holding the volume.
+*/}}
+{{- define "image-similarity.rwoScaleOut" -}}
+{{- $p := .Values.predictor }}
+{{- $strategy := default "" (default (dict) $p.deploymentStrategy).type }}
+{{- if and (eq .Values.weights.source "pvc") (has "ReadWriteOnce" .Values.weights.pvc.accessModes) (or (gt (int $p.maxReplicas) 1) (ne $strategy "Recreate")) }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Affinity of the predictor pods: predictor.affinity (through tpl), plus, when replicas share
+the chart's ReadWriteOnce PVC (image-similarity.rwoScaleOut) and predictor.affinity has no
+podAffinity of its own, a required podAffinity on kubernetes.io/hostname to the other
+predictor pods (as values-cpu.yaml sets explicitly): without it an extra replica or a surge
+pod scheduled on another node hangs in Multi-Attach. The first pod matches its own
+selector, so it schedules anywhere.
+*/}}
+{{- define "image-similarity.predictorAffinity" -}}
+{{- $aff := dict }}
+{{- with .Values.predictor.affinity }}
+{{- $aff = fromYaml (tpl (toYaml .) $) }}
+{{- end }}
+{{- if and (include "image-similarity.rwoScaleOut" .) (not (hasKey $aff "podAffinity")) }}
+{{- $sel := fromYaml (include "image-similarity.componentPodLabels" (list $ "predictor")) }}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" $sel) }}
+{{- $_ := set $aff "podAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) }}
+{{- end }}
+{{- if $aff }}
+{{- toYaml $aff }}
+{{- end }}
+{{- end }}
+
 {{/* The in-cluster URL of the transformer (KServe Standard mode Service, port 80). */}}
 {{- define "image-similarity.transformerUrl" -}}
 {{- printf "http://%s-transformer.%s.svc" (include "image-similarity.fullname" .) .Release.Namespace }}
@@ -179,8 +260,16 @@ change (the JSON schema cannot compare values or measure derived names).
 {{- define "image-similarity.validate" -}}
 {{- $name := include "image-similarity.fullname" . }}
 {{- $ns := .Release.Namespace }}
+{{- /* KServe's InferenceService name rule (inference_service_validation.go): a DNS-1035
+label. Helm allows release names that start with a digit or contain dots. */}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) }}
+{{- fail (printf "KServe would refuse the InferenceService name %q (from the release name %q): it must start with a lower-case letter and hold only lower-case letters, digits and '-' (no dots), ending in a letter or digit. Pick another release name or set fullnameOverride" $name .Release.Name) }}
+{{- end }}
 {{- range $component := list "predictor" "transformer" }}
 {{- $c := index $.Values $component }}
+{{- if and (eq (include "image-similarity.autoscalerClass" $c) "hpa") (eq $c.autoscaling.metric "memory") (not $c.autoscaling.target) }}
+{{- fail (printf "%s.autoscaling.metric memory needs %s.autoscaling.target (percent of the memory request): KServe adds a memory metric only with a scaleTarget and would otherwise create an HPA on CPU at 80%%" $component $component) }}
+{{- end }}
 {{- if lt (int $c.maxReplicas) (int $c.minReplicas) }}
 {{- fail (printf "%s.maxReplicas must be >= %s.minReplicas" $component $component) }}
 {{- end }}
