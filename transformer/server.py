@@ -64,6 +64,7 @@ from .schemas import (
     ErrorItem,
     ErrorResponse,
     HealthResponse,
+    RequestLimit,
     SimilarityRequest,
     SimilarityResponse,
 )
@@ -334,7 +335,8 @@ def _too_many(count: int, limit: int, what: str, setting: str,
               error: type[ServiceError]) -> ServiceError:
     return error(f"{count} {what} in one request; the limit is {limit} "
                  f"({setting}): split the request",
-                 [ErrorItem(field=what, reason=f"{count} > {limit}")])
+                 [ErrorItem(field=what, reason=f"{count} > {limit}")],
+                 limit=RequestLimit(setting=setting, value=limit))
 
 
 _Request = TypeVar("_Request", SimilarityRequest, EmbedRequest)
