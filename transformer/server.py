@@ -32,7 +32,7 @@ from kserve import Model, ModelServer
 from kserve import model_server as kserve_model_server
 from pydantic import ValidationError
 
-from service_common import logs
+from service_common import logs, wire
 
 from . import access_log, metrics, routes_guard
 from .admission import Admission, ByteBudget
@@ -74,7 +74,7 @@ from .settings import TransformerSettings
 T = TypeVar("T")
 log = logging.getLogger("transformer")
 
-MODEL_NAME = "dreamsim"
+MODEL_NAME = wire.MODEL_NAME  # re-exported: the name the KServe model is served under
 CACHE_CLIENT = "cache-client"  # key of the client identity in the headers given to preprocess
 app = kserve_model_server.app
 routes_guard.install(app)  # KServe's generic routes are refused: routes_guard.py says why
