@@ -13,12 +13,14 @@ export MODEL_CACHE_DIR MODEL_TYPE
 # none of which the model code needs (see pyproject.toml).
 DINOV2_PKG := dinov2==0.0.1.dev2
 
-.PHONY: help install install-test run test lint weights bench clean tools kind-test browser \
-	image-test image-clean
+.PHONY: help install install-test run test test-fast bench-test lint weights bench clean tools \
+	kind-test browser image-test image-clean
 
 help:
 	@echo "make run      install what is needed, fetch missing weights, then start predictor + transformer on 127.0.0.1:$(PORT)"
 	@echo "make test     install what is needed, then run the whole test suite"
+	@echo "make test-fast  the inner loop: the tests not marked slow (no lint, no tools)"
+	@echo "make bench-test the benchmark scripts' tiny end-to-end runs (pytest -m bench)"
 	@echo "make weights  fetch the official DreamSim weights into MODEL_CACHE_DIR"
 	@echo "make tools    install helm and checkov into .tools/ (make test does it too)"
 	@echo "make kind-test  build the images, deploy on a throw-away kind cluster, run the cluster tests"
@@ -68,8 +70,23 @@ browser:
 	  else echo "browser: chromium missing and cannot be installed here (not root or no apt);" \
 	    "the report's browser test will skip"; fi
 
+# --durations=15: the 15 slowest tests at the end of every run (suite time matters).
+# Random-weight checkpoints are built once per machine into SIMILARITY_TEST_CHECKPOINTS
+# (default ~/.cache/image-similarity-tests; "off" builds them afresh in /tmp).
+PYTEST_ARGS ?=
 test: $(VENV)/.installed-test tools browser lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+# The inner loop: everything not marked slow (no servers started per test, no variant
+# sweeps, no benchmarks); no lint or tool installs.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -m 'not slow' -q --durations=15 $(PYTEST_ARGS)
+
+# The benchmark scripts run end to end at tiny sizes (tests/test_bench.py, marker `bench`):
+# minutes of real servers, so they are kept out of `make test`, which runs each script's
+# fast smoke test instead.
+bench-test: $(VENV)/.installed-test
+	$(PY) -m pytest -m bench --durations=15 $(PYTEST_ARGS)
 
 # Needs docker, kind, kubectl and internet (see docs/deploy.md); deletes its cluster at the end.
 kind-test: $(VENV)/.installed-test tools

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from service_common.wire import IMAGE_SIZE  # re-exported: the side every variant sees
+
 # Release archives: <RELEASE_URL>/<tag>/dreamsim_<type>_checkpoint.zip (dreamsim/config.py).
 RELEASE_URL = "https://github.com/ssundaram21/dreamsim/releases/download"
 DINO_BACKBONE_URL = (
@@ -108,7 +110,6 @@ class Backbone:
         return IMAGE_SIZE // self.patch_size
 
 
-IMAGE_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -25,6 +25,14 @@ from kserve.errors import InvalidInput
 
 from service_common import logs
 from service_common.cpus import fast_bf16_flags
+from service_common.wire import (
+    IMAGE_SHAPE,
+    INPUT_DATATYPE,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_DATATYPE,
+    OUTPUT_NAME,
+)
 
 from .batching import MicroBatcher
 from .checkpoint import WeightsError, weights_fingerprint
@@ -35,9 +43,6 @@ from .threads import configure_torch_threads
 
 log = logging.getLogger("predictor")
 
-MODEL_NAME = "dreamsim"
-INPUT_NAME = "image"
-OUTPUT_NAME = "embedding"
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -65,7 +70,7 @@ class DreamSimPredictor(Model):
                                  device=s.device, precision=s.precision)
         self.model_id = ":".join((s.model_type, self.precision_name, self.loaded.device.type,
                                   weights_fingerprint(s.model_cache_dir, s.model_type)))
-        warm = torch.zeros((min(2, s.batch_size_limit), 3, 224, 224), dtype=torch.uint8)
+        warm = torch.zeros((min(2, s.batch_size_limit), *IMAGE_SHAPE), dtype=torch.uint8)
         self.loaded.embedder.embed(warm, batch_size=s.batch_size_limit)
         # Forward passes run one at a time (they share the device); concurrent requests
         # share them where that pays (BATCH_ACROSS_REQUESTS).
@@ -93,19 +98,22 @@ class DreamSimPredictor(Model):
                 "model_id": self.model_id}
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]
+        return [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, *IMAGE_SHAPE]}]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         dim = self.loaded.embedder.embedding_dim if self.loaded else -1
-        return [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dim]}]
+        return [{"name": OUTPUT_NAME, "datatype": OUTPUT_DATATYPE, "shape": [-1, dim]}]
 
     def _images(self, payload: InferRequest) -> np.ndarray:
         if not isinstance(payload, InferRequest) or len(payload.inputs) != 1:
-            raise InvalidInput("expected exactly one input tensor of UINT8 [N, 3, 224, 224]")
+            raise InvalidInput(f"expected exactly one input tensor of {INPUT_DATATYPE} "
+                               f"[N, {', '.join(map(str, IMAGE_SHAPE))}]")
         tensor = payload.inputs[0]
         shape = list(tensor.shape)
-        if tensor.datatype != "UINT8" or len(shape) != 4 or shape[1:] != [3, 224, 224]:
-            raise InvalidInput(f"expected UINT8 [N, 3, 224, 224], got {tensor.datatype} {shape}")
+        if (tensor.datatype != INPUT_DATATYPE or len(shape) != 4
+                or shape[1:] != list(IMAGE_SHAPE)):
+            raise InvalidInput(f"expected {INPUT_DATATYPE} [N, {', '.join(map(str, IMAGE_SHAPE))}],"
+                               f" got {tensor.datatype} {shape}")
         return tensor.as_numpy()
 
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
@@ -121,7 +129,8 @@ class DreamSimPredictor(Model):
             embeddings = await self._batcher.embed(images)
         # Raw bytes on gRPC and for REST clients that ask for binary outputs; JSON otherwise.
         binary = bool(payload.from_grpc or payload.use_binary_outputs)
-        output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape), datatype="FP32")
+        output = InferOutput(name=OUTPUT_NAME, shape=list(embeddings.shape),
+                             datatype=OUTPUT_DATATYPE)
         output.set_data_from_numpy(embeddings, binary_data=binary)
         # Per call, so DEBUG; the id is the transformer's request id (one per public request).
         log.debug("infer id=%s images=%d %.1f ms", payload.id, images.shape[0],

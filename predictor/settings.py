@@ -9,8 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from service_common.logs import LogSettings
-
-IMAGE_BYTES = 3 * 224 * 224  # one uint8 image tensor on the wire
+from service_common.wire import IMAGE_BYTES  # one uint8 image tensor on the wire (re-exported)
 
 
 class PredictorSettings(LogSettings):

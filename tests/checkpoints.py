@@ -13,8 +13,17 @@ would fetch from GitHub) built with the hub's arguments.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
+import hashlib
+import inspect
 import json
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -161,6 +170,102 @@ def build_upstream_cache(cache: Path, variant: str, *, seed: int = 0,
     return cache
 
 
+# --- the cache of built checkpoints, shared by every pytest process on the machine ---------
+
+# Where built checkpoints are kept; "off" (or an empty value) builds into a fresh temporary
+# folder each time instead. The default is outside the repo so that every worktree's runs
+# (and every engineer's) reuse the same builds.
+CACHE_ENV = "SIMILARITY_TEST_CHECKPOINTS"
+
+
+def checkpoint_cache_root() -> Path | None:
+    """The folder holding built checkpoints, or None when caching is off.
+
+    ``$SIMILARITY_TEST_CHECKPOINTS`` if set, else ``$XDG_CACHE_HOME/image-similarity-tests``
+    (``~/.cache/image-similarity-tests`` without XDG_CACHE_HOME).
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip() in ("", "off", "0") else Path(value)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "image-similarity-tests"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def checkpoint_key(variant: str, seed: int, lora: dict[str, Any] | None) -> str:
+    """A hash of everything a build depends on: its parameters, the builder's source (this
+    module and the layout it writes), and the packages whose code or RNG shape the tensors.
+    Editing the builder therefore builds afresh instead of reusing stale files."""
+    from predictor import layout
+
+    parts = {
+        "variant": variant, "seed": seed, "lora": lora or LORA_CONFIGS[variant],
+        "builder": inspect.getsource(sys.modules[__name__]),
+        "layout": inspect.getsource(layout),
+        "versions": {d: _version(d) for d in ("torch", "dreamsim", "peft", "dinov2",
+                                              "safetensors")},
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    return f"{variant}-s{seed}-{digest}"
+
+
+def cached_upstream_cache(variant: str, *, seed: int = 0, lora: dict[str, Any] | None = None,
+                          scratch: Path | None = None) -> Path:
+    """``build_upstream_cache(variant, seed, lora)``, built at most once per machine.
+
+    A build takes 9-14 s and 350 MB or more, and the suite asks for the same ones many
+    times. The result lives under ``checkpoint_cache_root()`` in a folder named by
+    ``checkpoint_key``. Safe for concurrent pytest processes: a lock file serialises
+    builders of one key, and a build is written to a temporary sibling and renamed into
+    place, so a half-written folder is never seen under the final name.
+
+    The returned folder is shared: callers must treat it as read-only (copy it to change
+    it). With caching off it is built into ``scratch`` (or a new temporary folder).
+    """
+    root = checkpoint_cache_root()
+    if root is None:
+        target = Path(tempfile.mkdtemp(prefix=f"ckpt-{variant}-", dir=scratch))
+        return build_upstream_cache(target, variant, seed=seed, lora=lora)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_key(variant, seed, lora)
+    if final.is_dir():
+        return final
+    with open(root / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        if final.is_dir():  # another process built it while this one waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+        try:
+            build_upstream_cache(tmp, variant, seed=seed, lora=lora)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def copy_of(cache: Path, dest: Path) -> Path:
+    """A private, writable copy of a shared cached checkpoint (for tests that edit one)."""
+    shutil.copytree(cache, dest)
+    return dest
+
+
+@functools.lru_cache(maxsize=2)
+def cached_upstream_dreamsim(cache: Path, variant: str) -> tuple[Any, Any]:
+    """``upstream_dreamsim`` built once per (cache, variant) in this process: the oracle is
+    only read (eval mode, no_grad), and building it costs seconds each time. Two kept: the
+    session's dino_vitb16 and the one being compared. (Typed Any: upstream's
+    ``PerceptualModel``, whose ``embed`` a plain ``torch.nn.Module`` type would hide.)"""
+    model, preprocess = upstream_dreamsim(cache, variant)
+    model.eval()
+    return model, preprocess
+
+
 def adapter_as_bin(cache: Path, variant: str) -> None:
     """Replace the variant's ``adapter_model.safetensors`` by the same tensors as ``.bin``."""
     from safetensors.torch import load_file
@@ -171,7 +276,7 @@ def adapter_as_bin(cache: Path, variant: str) -> None:
     (lora / "adapter_model.safetensors").unlink()
 
 
-def upstream_dreamsim(cache: Path, variant: str) -> tuple[torch.nn.Module, Any]:
+def upstream_dreamsim(cache: Path, variant: str) -> tuple[Any, Any]:
     """The upstream package's model and preprocess on ``cache``, on CPU in fp32."""
     from dreamsim import dreamsim
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from tests.checkpoints import build_upstream_cache
+from tests.checkpoints import cached_upstream_cache
 from tests.procs import free_port, python_cmd, running, wait_http_ok
 
 
@@ -25,29 +25,43 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "image: builds and runs the Docker images (make image-test); "
                    "runs only when selected with -m image")
+    config.addinivalue_line(
+        "markers", "bench: runs a benchmark script end to end at tiny sizes (make bench-test); "
+                   "runs only when selected with -m bench")
+
+
+# Markers whose tests run only when a -m expression names them, with the target that does.
+OPT_IN_MARKERS = {"image": "make image-test", "bench": "make bench-test"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Image tests build multi-GB images: they run only when asked for by ``-m image``
-    (``make image-test``), never as part of a plain or ``-m 'not slow'`` run."""
-    if "image" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="image tests run with `make image-test` (pytest -m image)")
-    for item in items:
-        if item.get_closest_marker("image"):
-            item.add_marker(skip)
+    """Image tests build multi-GB images and bench tests run the benchmark scripts (minutes
+    each): they run only when asked for by ``-m image`` / ``-m bench`` (``make
+    image-test`` / ``make bench-test``), never as part of a plain or ``-m 'not slow'`` run."""
+    selected = config.getoption("-m") or ""
+    for marker, target in OPT_IN_MARKERS.items():
+        if marker in selected:
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} tests run with `{target}` (pytest -m {marker})")
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def dino_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MODEL_CACHE_DIR with random dino_vitb16 weights in the upstream layout."""
-    return build_upstream_cache(tmp_path_factory.mktemp("weights-dino"), "dino_vitb16", seed=1)
+    """MODEL_CACHE_DIR with random dino_vitb16 weights in the upstream layout.
+
+    Shared with every other test process through the checkpoint cache
+    (``tests/checkpoints.py``): read it, never write into it (copy it first)."""
+    return cached_upstream_cache("dino_vitb16", seed=1, scratch=tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
 def ensemble_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MODEL_CACHE_DIR with random ensemble weights in the upstream layout."""
-    return build_upstream_cache(tmp_path_factory.mktemp("weights-ensemble"), "ensemble", seed=2)
+    """MODEL_CACHE_DIR with random ensemble weights in the upstream layout (shared and
+    read-only, like ``dino_weights_dir``)."""
+    return cached_upstream_cache("ensemble", seed=2, scratch=tmp_path_factory.getbasetemp())
 
 
 def _photos() -> dict[str, Image.Image]:
@@ -145,6 +159,23 @@ def service_url(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFa
     """Transformer + predictor as separate processes, wired over gRPC v2, default settings."""
     log = tmp_path_factory.mktemp("logs") / "transformer.log"
     with start_transformer(predictor_server.grpc, log) as url:
+        yield url
+
+
+# The strict configuration's limits (tests read them from here rather than repeat them).
+STRICT_ENV = {"MAX_PAIRS_PER_REQUEST": "4", "MAX_IMAGES_PER_REQUEST": "3",
+              "MAX_IMAGE_SIZE_MB": "0.05", "URL_FETCH_TIMEOUT": "2",
+              "MAX_CONCURRENT_REQUESTS": "1", "MAX_QUEUED_REQUESTS": "0"}
+
+
+@pytest.fixture(scope="session")
+def strict_url(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[str]:
+    """A transformer with small limits (``STRICT_ENV``): 4 pairs, 3 images, 50 kB images,
+    2 s URL fetches, one request at a time and none queued. One process for every test of
+    limits and admission (it was one per module)."""
+    log = tmp_path_factory.mktemp("logs") / "strict-transformer.log"
+    with start_transformer(predictor_server.grpc, log, env=STRICT_ENV) as url:
         yield url
 
 

@@ -1,4 +1,11 @@
-"""The benchmark (``make bench``, ``bench/``): helpers, and one tiny run end to end."""
+"""The benchmarks (``make bench``, ``bench/``): helpers, a smoke test of every script, and
+a tiny run of each end to end.
+
+The tiny runs start real servers (minutes in all): they are marked ``bench`` and run with
+``make bench-test`` (``pytest -m bench``), not in a plain ``pytest`` / ``make test``. What
+``make test`` keeps is fast: the helpers, and every script's ``main`` parsing its command
+line in-process (``--help``), which catches an import error or a broken option.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +37,9 @@ def test_images_are_distinct_photographs_within_the_size_range() -> None:
             assert img.format == im.fmt and img.size == (im.width, im.height)
             assert 64 <= min(img.size) and max(img.size) <= 96
     info = describe(images)
-    assert info["count"] == info["distinct_bytes"] == 12 and len(info["sources"]) >= 4
+    sources = info["sources"]
+    assert isinstance(sources, list | dict) and len(sources) >= 4
+    assert info["count"] == info["distinct_bytes"] == 12
     assert make_images(3, min_side=64, max_side=96, seed=3) == images[:3]  # reproducible
 
 
@@ -45,6 +54,7 @@ def test_upstream_time_is_pairs_times_the_mean_time_per_pair() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_tiny_benchmark_run_end_to_end(dino_weights_dir: Path, tmp_path: Path) -> None:
     """Every phase at the smallest size: weights, images, decode, predictor, upstream,
     service over HTTP (batches, extras, concurrent clients, gRPC), report files."""
@@ -109,6 +119,7 @@ def _run_bench(module: str, args: list[str], weights_dir: Path | None, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path: Path) -> None:
     """bench.compile at batch 1: eager and torch.compile, with their deviation."""
     if shutil.which("g++") is None and shutil.which("cc") is None:
@@ -123,6 +134,7 @@ def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path: Path) -> None:
     """bench.pipelining at one pair: predictor and transformers on separate and on shared
@@ -135,6 +147,7 @@ def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
                                                       tmp_path: Path) -> None:
     """bench.batching at 2 clients x 1 request: both settings run and report pairs/s and
@@ -149,6 +162,7 @@ def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_transformer_alone_benchmark_compares_pillow_and_native(tmp_path: Path) -> None:
     """bench.transformer_alone at 2 pairs: the real transformer before an instant stand-in
     predictor, DECODE_IMPL=pillow against native: CPU per image by format and size, CPU
@@ -171,6 +185,7 @@ def test_transformer_alone_benchmark_compares_pillow_and_native(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_spreading_benchmark_reports_the_split(tmp_path: Path) -> None:
     """bench.spreading, one and three connections over three FAKE predictors: the split
     per predictor, all on one with one connection, a third each with three."""
@@ -181,6 +196,25 @@ def test_spreading_benchmark_reports_the_split(tmp_path: Path) -> None:
         out, re.MULTILINE)}
     assert sorted(splits[1]) == [0, 0, 9], out
     assert sum(splits[3]) == 9 and min(splits[3]) >= 2, out
+
+
+# Every benchmark script with a command line (``python -m bench.<name>``).
+SCRIPTS = sorted(p.stem for p in (REPO_ROOT / "bench").glob("*.py")
+                 if "\ndef main(" in p.read_text())
+
+
+def test_smoke_every_benchmark_script_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each script imports and its options parse (``--help`` exits 0 with a usage line)."""
+    import importlib
+
+    assert {"run", "compile", "pipelining", "batching", "transformer_alone",
+            "spreading"} <= set(SCRIPTS)
+    for name in SCRIPTS:
+        module = importlib.import_module(f"bench.{name}")
+        with pytest.raises(SystemExit) as done:
+            module.main(["--help"])
+        assert done.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out, name
 
 
 def test_bench_variants_covers_every_variant() -> None:

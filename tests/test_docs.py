@@ -10,7 +10,8 @@ from transformer.settings import TransformerSettings
 
 
 @pytest.mark.parametrize("settings", [PredictorSettings, TransformerSettings])
-def test_every_setting_is_in_the_readme_configuration_table(settings: type) -> None:
+def test_every_setting_is_in_the_readme_configuration_table(
+        settings: type[PredictorSettings] | type[TransformerSettings]) -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     rows = {line.split("|")[1].strip() for line in readme.splitlines()
             if line.startswith("| `")}

@@ -54,8 +54,6 @@ class EmbeddingCache:
         self.max_entries = max_entries
         self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     @property
     def enabled(self) -> bool:
@@ -70,10 +68,8 @@ class EmbeddingCache:
         with self._lock:
             value = self._items.get(key)
             if value is None:
-                self.misses += 1
                 return None
             self._items.move_to_end(key)
-            self.hits += 1
             return value
 
     def clear(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .schemas import ErrorItem, ErrorResponse
+from .schemas import ErrorItem, ErrorResponse, RequestLimit
 
 
 class ServiceError(Exception):
@@ -11,11 +11,13 @@ class ServiceError(Exception):
     status_code = 500
 
     def __init__(self, detail: str, errors: list[ErrorItem] | None = None, *,
-                 retry_after_s: int | None = None, log_detail: str | None = None) -> None:
+                 retry_after_s: int | None = None, log_detail: str | None = None,
+                 limit: RequestLimit | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
         self.retry_after_s = retry_after_s
+        self.limit = limit  # the count limit a 413 names, as data (clients split by it)
         # What only the server log gets: internal hosts, addresses, gRPC details.
         self.log_detail = log_detail
 
@@ -26,7 +28,9 @@ class ServiceError(Exception):
             detail = (f"{detail}; the first {MAX_ERROR_ITEMS} errors are listed, "
                       f"{len(errors) - MAX_ERROR_ITEMS} more left out")
             errors = errors[:MAX_ERROR_ITEMS]
-        body = ErrorResponse(detail=detail, errors=errors).model_dump()
+        body = ErrorResponse(detail=detail, errors=errors, limit=self.limit).model_dump()
+        if body["limit"] is None:  # only the count 413s carry it
+            del body["limit"]
         for item, dumped in zip(errors, body["errors"], strict=True):
             for key in ("pair_id", "id"):
                 if key not in item.model_fields_set:

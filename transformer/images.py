@@ -44,6 +44,8 @@ import numpy as np
 import pybase64
 from PIL import Image
 
+from service_common.wire import IMAGE_SIZE
+
 from .decoders import native_pixels
 from .imageguard import ACCEPTED, ALLOWED_FORMATS, why_refused
 from .resize import matches_pillow, resize_bicubic
@@ -52,8 +54,8 @@ DecodeImpl = Literal["native", "pillow"]
 """``native``: faster decoders and resize, proven byte-identical (:mod:`.decoders`,
 :mod:`.resize`); ``pillow``: Pillow for every step, the reference they are checked against."""
 
-IMAGE_SIZE = 224
-"""Side of the square DreamSim input (``dreamsim_args["img_size"]``)."""
+# IMAGE_SIZE (service_common.wire): side of the square DreamSim input
+# (``dreamsim_args["img_size"]``), imported above.
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """Largest ``width * height`` accepted by default: Pillow's ``Image.MAX_IMAGE_PIXELS``."""

@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from service_common.wire import IMAGE_SHAPE
+
 T = TypeVar("T")
 
 
@@ -61,7 +63,7 @@ class ChunkSender(Generic[T]):
         """The rows not sent yet, ``[n, 3, H, W]``: all of them for a sender that only
         collects. Sent rows are not kept (a chunk's pixels go with its call)."""
         if not self._pending:
-            return np.empty((0, 3, 224, 224), dtype=np.uint8)
+            return np.empty((0, *IMAGE_SHAPE), dtype=np.uint8)
         return np.stack(self._pending)
 
     def _send(self) -> None:

@@ -19,12 +19,10 @@ from kserve import InferInput, InferRequest, InferResponse
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from service_common.logs import request_id as current_request_id
+from service_common.wire import IMAGE_SHAPE, INPUT_DATATYPE, INPUT_NAME
 
 from .channels import ChannelPool
 from .errors import PredictorFailed, PredictorTimeout, PredictorUnavailable
-
-INPUT_NAME = "image"
-OUTPUT_NAME = "embedding"
 
 # A restarted predictor is back within a reconnect; retry UNAVAILABLE a few times quickly.
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{
@@ -117,7 +115,7 @@ class PredictorClient:
                     timeout_s: float | None = None) -> Embeddings:
         """Embeddings of uint8 images ``[N, 3, 224, 224]``, checked for shape and sanity."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        tensor = InferInput(name=INPUT_NAME, shape=list(images.shape), datatype="UINT8")
+        tensor = InferInput(name=INPUT_NAME, shape=list(images.shape), datatype=INPUT_DATATYPE)
         tensor.set_data_from_numpy(np.ascontiguousarray(images), binary_data=True)
         request = InferRequest(model_name=self.model_name, infer_inputs=[tensor],
                                request_id=request_id or current_request_id.get()
@@ -152,5 +150,5 @@ class PredictorClient:
 
     async def describe(self, *, timeout_s: float = 2.0) -> dict[str, Any]:
         """Device, model type and precision, from an empty batch (no model run)."""
-        empty = np.zeros((0, 3, 224, 224), dtype=np.uint8)
+        empty = np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8)
         return (await self.embed(empty, timeout_s=timeout_s)).info

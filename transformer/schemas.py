@@ -104,6 +104,16 @@ class ErrorItem(BaseModel):
     reason: str
 
 
+class RequestLimit(BaseModel):
+    """The count limit a 413 refused a request for, for clients to split by (rather than
+    parse it out of ``detail``)."""
+
+    setting: str = Field(description="'MAX_PAIRS_PER_REQUEST' or 'MAX_IMAGES_PER_REQUEST'")
+    value: int = Field(description="most pairs (or images) one request may carry")
+
+
 class ErrorResponse(BaseModel):
     detail: str = Field(description="a one-line summary")
     errors: list[ErrorItem] = Field(default_factory=list)
+    limit: RequestLimit | None = Field(
+        None, description="only in a 413 for too many pairs or images: the limit exceeded")

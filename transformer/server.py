@@ -32,7 +32,7 @@ from kserve import Model, ModelServer
 from kserve import model_server as kserve_model_server
 from pydantic import BaseModel, ValidationError
 
-from service_common import logs
+from service_common import logs, wire
 
 from . import access_log, metrics, routes_guard
 from .admission import Admission, ByteBudget
@@ -66,6 +66,7 @@ from .schemas import (
     ErrorResponse,
     HealthResponse,
     ImagePair,
+    RequestLimit,
     SimilarityRequest,
     SimilarityResponse,
 )
@@ -76,7 +77,7 @@ from .unknown_fields import unknown_fields
 T = TypeVar("T")
 log = logging.getLogger("transformer")
 
-MODEL_NAME = "dreamsim"
+MODEL_NAME = wire.MODEL_NAME  # re-exported: the name the KServe model is served under
 CACHE_CLIENT = "cache-client"  # key of the client identity in the headers given to preprocess
 app = kserve_model_server.app
 routes_guard.install(app)  # KServe's generic routes are refused: routes_guard.py says why
@@ -342,7 +343,8 @@ def _too_many(count: int, limit: int, what: str, setting: str,
               error: type[ServiceError]) -> ServiceError:
     return error(f"{count} {what} in one request; the limit is {limit} "
                  f"({setting}): split the request",
-                 [ErrorItem(field=what, reason=f"{count} > {limit}")])
+                 [ErrorItem(field=what, reason=f"{count} > {limit}")],
+                 limit=RequestLimit(setting=setting, value=limit))
 
 
 _Request = TypeVar("_Request", SimilarityRequest, EmbedRequest)

@@ -25,8 +25,6 @@ class TransformerSettings(LogSettings):
     max_images_per_request: int = Field(
         256, ge=1, le=100_000, description="more images than this in one /embed request is "
                                            "a client error (413)")
-    batch_size_limit: int = Field(64, ge=1, le=4096,
-                                  description="largest batch the predictor runs at once")
     url_fetch_timeout: float = Field(10.0, gt=0, le=600,
                                      description="seconds allowed to fetch one URL, in all")
     max_image_size_mb: float = Field(20.0, gt=0, le=1024,

@@ -5,8 +5,9 @@ limit once a 413 has told it), ``concurrency`` chunks are in flight at once, and
 chunk is followed through to one result per pair:
 
 - 200: one score per pair, in request order;
-- 413 (too many pairs or too large a body): split and sent again; the service's message
-  ("the limit is N") sets the chunk size for the rest of the run;
+- 413 (too many pairs or too large a body): split and sent again; the answer's ``limit``
+  field (``{"setting": "MAX_PAIRS_PER_REQUEST", "value": N}``) sets the chunk size for the
+  rest of the run; a 413 without it (a body too large) halves the chunk;
 - 422 listing failing pairs (``index``, ``pair_id``, ``field``, ``reason``, as
   ``transformer/errors.py`` answers): those pairs become errors, the rest of the chunk is
   sent again without them;
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import re
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -36,7 +36,6 @@ from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 PairLike = Pair | tuple[ImageInput, ImageInput] | tuple[ImageInput, ImageInput, PairId] | dict
 
-_LIMIT_RE = re.compile(r"the limit is (\d+)")
 DEFAULT_CHUNK_SIZE = 32  # 64 images: one GPU batch at the service's BATCH_SIZE_LIMIT
 PROBE_EVERY_S = 10.0  # after a 429/503, one more request in flight at most this often
 
@@ -81,6 +80,19 @@ def _as_pair(value: PairLike, index: int) -> Pair:
         raise TypeError(f"pair {index}: pair_id must be a string or an integer (the API "
                         f"echoes nothing else), not {pair.pair_id!r}")
     return pair
+
+
+def _pair_limit(response: httpx.Response) -> int | None:
+    """The pair limit a 413 names in its structured ``limit`` field, if it names one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    limit = body.get("limit") if isinstance(body, dict) else None
+    if (isinstance(limit, dict) and limit.get("setting") == "MAX_PAIRS_PER_REQUEST"
+            and type(limit.get("value")) is int):
+        return int(limit["value"])
+    return None
 
 
 def _detail(response: httpx.Response) -> str:
@@ -360,10 +372,9 @@ class AsyncSimilarityClient:
         """Smaller parts after a 413: the service's pair limit if it names one, else halves.
         A single pair refused as too large is that pair's error."""
         detail = _detail(response)
-        match = _LIMIT_RE.search(detail)
+        limit = _pair_limit(response)
         size = len(part) // 2
-        if match and "MAX_PAIRS_PER_REQUEST" in detail:
-            limit = int(match.group(1))
+        if limit is not None:
             if limit < 1:
                 raise ServiceError(f"the service accepts no pairs at all: {detail}")
             self.stats.pair_limit = min(limit, self.stats.pair_limit or limit)

@@ -4,8 +4,9 @@ It stands in for the real transformer where the tests need answers the real serv
 only under conditions that are slow or hard to arrange (413 on a given pair count, 429 and
 503 with ``Retry-After`` on a given request, 422 naming a given pair, a request held until
 the test says so). It speaks the API's wire format (``POST /similarity`` bodies, error
-bodies as ``transformer/errors.py`` answers them, the 413 message of
-``MAX_PAIRS_PER_REQUEST``) but does NOT compute DreamSim: a distance is a hash of the two
+bodies built by ``transformer/errors.py`` itself, so the 413's structured ``limit`` is the
+service's own shape; ``test_client_service.py`` checks the client against the real 413)
+but does NOT compute DreamSim: a distance is a hash of the two
 inputs (0 when they are equal). Tests against the real service are in
 ``test_client_service.py``.
 """
@@ -21,6 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from transformer.errors import TooManyPairs
+from transformer.schemas import ErrorItem, RequestLimit
 
 BAD_IMAGE = "YmFk"  # base64 of b"bad": the stand-in answers 422 for it, as the service would
 
@@ -70,11 +74,11 @@ class StandIn:
         if scripted is not None:
             return scripted
         if self.pair_limit is not None and len(pairs) > self.pair_limit:
-            return 413, {}, {"detail": f"{len(pairs)} pairs in one request; the limit is "
-                                       f"{self.pair_limit} (MAX_PAIRS_PER_REQUEST): split the "
-                                       "request",
-                             "errors": [{"index": None, "pair_id": None, "field": "pairs",
-                                         "reason": f"{len(pairs)} > {self.pair_limit}"}]}
+            refused = TooManyPairs(
+                f"{len(pairs)} pairs in one request (stand-in)",
+                [ErrorItem(field="pairs", reason=f"{len(pairs)} > {self.pair_limit}")],
+                limit=RequestLimit(setting="MAX_PAIRS_PER_REQUEST", value=self.pair_limit))
+            return 413, {}, refused.body()
         errors = [{"index": i, "pair_id": p.get("pair_id"), "field": f,
                    "reason": "not an image (cannot identify image file)"}
                   for i, p in enumerate(pairs) for f in ("reference_image", "generated_image")
@@ -115,7 +119,8 @@ def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.path != "/similarity":
-                status, headers, body = 404, {}, {"detail": "Not Found"}
+                answer: Answer = (404, {}, {"detail": "Not Found"})
+                status, headers, body = answer
             else:
                 status, headers, body = standin.answer(raw)
             data = json.dumps(body).encode()

@@ -195,15 +195,21 @@ def test_report_content_and_without_pillow(tmp_path: Path,
 @pytest.mark.slow
 def test_the_client_builds_alone_and_imports_without_torch_kserve_or_pillow(
         tmp_path: Path) -> None:
+    import shutil
     import subprocess
     import zipfile
 
     root = Path(__file__).resolve().parents[2]
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds,
+    # and tests must not write into the source tree.
+    source = tmp_path / "client-src"
+    shutil.copytree(root / "client", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                            "--no-build-isolation", "-q", "-w", str(tmp_path),
-                            str(root / "client")], capture_output=True, text=True, timeout=300)
+                            "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"),
+                            str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
-    (wheel,) = tmp_path.glob("similarity_client-*.whl")
+    (wheel,) = (tmp_path / "wheel").glob("similarity_client-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()

@@ -25,7 +25,7 @@ from similarity_client.cli import main
 from similarity_client.output import read_records
 
 from bench.client_throughput import make_images, measure
-from tests.conftest import ImageHost, Photo, encode, start_transformer
+from tests.conftest import STRICT_ENV, ImageHost, Photo, encode, start_transformer
 from tests.procs import REPO_ROOT, free_port, python_cmd, running, wait_http_ok
 
 pytestmark = pytest.mark.slow
@@ -62,6 +62,19 @@ def test_scores_equal_the_services_own_answer(service_url: str, image_host: Imag
     print(f"\nclient vs /similarity: max |diff| = "
           f"{max(abs(results[k].distance - s['distance']) for k, s in expected.items()):.1e};"
           f" bad pair: {results['bad'].error}")
+
+
+def test_learns_the_pair_limit_from_the_real_413(strict_url: str, tmp_path: Path) -> None:
+    """The service's own 413 (MAX_PAIRS_PER_REQUEST=4 in the strict configuration) sets the
+    client's chunk size: the structured ``limit`` field, not a copy of its message."""
+    limit = int(STRICT_ENV["MAX_PAIRS_PER_REQUEST"])
+    images = make_images(tmp_path, 4, seed=5, size=48)  # under the strict 50 kB
+    pairs = [Pair(images[i % 4], images[(i + 1) % 4], f"lim{i}") for i in range(limit + 3)]
+    client = SimilarityClient(strict_url, chunk_size=limit + 3, concurrency=1)
+    results = list(client.score(pairs))
+    assert sorted(str(r.pair_id) for r in results) == sorted(str(p.pair_id) for p in pairs)
+    assert all(r.ok for r in results), [r for r in results if not r.ok]
+    assert client.stats.pair_limit == limit and client.stats.splits == 1
 
 
 def test_overload_and_a_predictor_restart_end_with_every_pair_scored_once(

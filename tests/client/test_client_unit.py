@@ -9,6 +9,7 @@ import base64
 import io
 import threading
 import time
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from similarity_client import (
     ServiceError,
     SimilarityClient,
 )
+from similarity_client.client import PairLike
+from similarity_client.models import PairResult
 from similarity_client.retry import parse_retry_after
 
-from tests.client.standin import BAD_IMAGE, StandIn, fake_distance, serve
+from tests.client.standin import BAD_IMAGE, Answer, StandIn, fake_distance, serve
 from tests.procs import free_port
 
 FAST = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
@@ -53,7 +56,7 @@ def test_sides_are_encoded_by_kind_and_urls_passed_through(tmp_path: Path) -> No
     (tmp_path / "a.png").write_bytes(file_bytes)
     pil = Image.new("RGB", (5, 4), (1, 2, 3))
     url, data_uri = "https://images.example/x.png", "data:image/png;base64," + b64(file_bytes)
-    pairs = [(tmp_path / "a.png", str(tmp_path / "a.png"), "paths"),
+    pairs: list[PairLike] = [(tmp_path / "a.png", str(tmp_path / "a.png"), "paths"),
              (b"\x89PNGraw", bytearray(b"\xff\xd8\xffjpeg"), "bytes"),
              (pil, url, "pil-url"), (data_uri, url, 7)]
     with serve(StandIn()) as s:
@@ -78,10 +81,11 @@ def test_pairs_without_id_are_identified_by_position() -> None:
     with serve(StandIn()) as s:
         results = list(SimilarityClient(s.url).score([(b"a", b"b"), {"reference": b"c",
                                                                        "generated": b"c"}]))
-    assert sorted(r.pair_id for r in results) == [0, 1]
+    assert sorted((r.pair_id for r in results), key=str) == [0, 1]
     assert {r.pair_id: r.distance for r in results}[1] == 0.0
     with serve(StandIn()) as s, pytest.raises(TypeError, match="pair 1: pair_id must be"):
-        list(SimilarityClient(s.url).score([(b"a", b"b", "ok"), (b"a", b"b", 1.5)]))
+        bad = (b"a", b"b", 1.5)  # a float pair_id: what the test is about
+        list(SimilarityClient(s.url).score([(b"a", b"b", "ok"), bad]))  # type: ignore[list-item]
 
 
 def test_a_missing_file_is_an_error_and_never_sent(tmp_path: Path) -> None:
@@ -163,7 +167,7 @@ def test_backoff_is_exponential_and_bounded() -> None:
 
 
 def test_gives_up_after_max_retries_with_retryable_errors() -> None:
-    script = [(503, {}, {"detail": "no predictor", "errors": []})] * 10
+    script: list[Answer] = [(503, {}, {"detail": "no predictor", "errors": []})] * 10
     with serve(StandIn(script=script)) as s:
         client = SimilarityClient(s.url, retry=RetryPolicy(max_retries=2, base_delay_s=0.01))
         results = list(client.score(numbered_pairs(2)))
@@ -208,7 +212,7 @@ def test_a_422_pair_is_an_error_and_the_rest_of_its_chunk_is_resent() -> None:
 
 
 def test_an_unfixable_answer_stops_the_run() -> None:
-    script = [(422, {}, {"detail": "the request body does not match the API",
+    script: list[Answer] = [(422, {}, {"detail": "the request body does not match the API",
                          "errors": [{"index": None, "field": "pairs", "reason": "bad"}]})]
     with serve(StandIn(script=script)) as s:
         with pytest.raises(ServiceError, match="does not match the API"):
@@ -237,8 +241,9 @@ def test_results_stream_as_chunks_complete() -> None:
 
 def test_stopping_the_iteration_early_cancels_the_rest() -> None:
     with serve(StandIn()) as s:
-        results = SimilarityClient(s.url, concurrency=1, chunk_size=1).score(
-            numbered_pairs(200))
+        # score() is a generator: close() is how a caller stops it early.
+        results = typing.cast(typing.Generator[PairResult, None, None], SimilarityClient(
+            s.url, concurrency=1, chunk_size=1).score(numbered_pairs(200)))
         assert next(results).ok
         results.close()
         sent = len(s.received)

@@ -147,7 +147,8 @@ def test_settings_and_extras() -> None:
     pred, tr = container(isvc, "predictor"), container(isvc, "transformer")
     assert env_of(pred)["MODEL_TYPE"] == "ensemble" and env_of(pred)["PRECISION"] == "fp16"
     assert env_of(pred)["MAX_PAIRS_PER_REQUEST"] == env_of(tr)["MAX_PAIRS_PER_REQUEST"] == "64"
-    assert env_of(pred)["BATCH_SIZE_LIMIT"] == env_of(tr)["BATCH_SIZE_LIMIT"] == "32"
+    # The predictor's batch size; the transformer has no such setting (it was deployed dead).
+    assert env_of(pred)["BATCH_SIZE_LIMIT"] == "32" and "BATCH_SIZE_LIMIT" not in env_of(tr)
     assert env_of(pred)["MAX_IMAGES_PER_REQUEST"] == env_of(tr)["MAX_IMAGES_PER_REQUEST"] == "100"
     assert env_of(pred)["LOG_LEVEL"] == env_of(tr)["LOG_LEVEL"] == "DEBUG"
     assert env_of(pred)["LOG_FORMAT"] == env_of(tr)["LOG_FORMAT"] == "json"

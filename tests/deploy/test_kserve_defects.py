@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from predictor.layout import VARIANTS as LAYOUT_VARIANTS
 from tests.deploy.render import (
     CHART,
     MANIFESTS,
@@ -44,8 +45,7 @@ from tests.deploy.render import (
 )
 from tests.procs import REPO_ROOT
 
-VARIANTS = ["ensemble", "dino_vitb16", "dinov2_vitb14", "clip_vitb32", "open_clip_vitb32",
-            "synclr_vitb16", "dino_vitb16_patch", "dinov2_vitb14_patch"]
+VARIANTS = sorted(LAYOUT_VARIANTS)  # the one table of the eight names (predictor/layout.py)
 PUBLIC = {("POST", "/similarity"), ("POST", "/embed"), ("GET", "/health")}
 ROUTE_KINDS = {"Ingress", "HTTPRoute"}
 ROUTE_SETS = ["default", "httproute", "ingress-tls"]

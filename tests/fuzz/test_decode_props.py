@@ -107,11 +107,12 @@ def test_accepted_urls_fail_only_with_fetch_error(value: str) -> None:
         return
     assume(ref.url is not None)
     assert ref.url is not None
+    url = ref.url
 
     async def fetch() -> bytes:
         transport = httpx.MockTransport(lambda request: httpx.Response(404))
         async with httpx.AsyncClient(transport=transport) as client:
-            return await fetch_image_bytes(client, ref.url, timeout_s=5, max_bytes=MAX_BYTES)
+            return await fetch_image_bytes(client, url, timeout_s=5, max_bytes=MAX_BYTES)
 
     with pytest.raises(FetchError):
         asyncio.run(fetch())

@@ -113,8 +113,12 @@ def test_header_parsing_is_not_serialised(stalled_png_open: threading.Event) -> 
     stuck.start()
     time.sleep(0.2)  # the PNG is inside Image.open now
     done = threading.Event()
-    threading.Thread(target=lambda: (decode_image(jpeg.getvalue()), done.set()),
-                     daemon=True).start()
+
+    def decode_jpeg() -> None:
+        decode_image(jpeg.getvalue())
+        done.set()
+
+    threading.Thread(target=decode_jpeg, daemon=True).start()
     # Before, a global lock around Image.open made this wait for the stalled PNG.
     assert done.wait(5), "decoding a JPEG waited for another thread's header parsing"
     stalled_png_open.set()

@@ -15,7 +15,6 @@ stays fast. URLs that get a 422 (unreachable, or refused by the address policy) 
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import json
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -97,31 +97,11 @@ def test_public_routes_refs_resolve(openapi_doc: dict[str, Any]) -> None:
     assert not broken, f"unresolvable $ref in the public routes: {sorted(broken)}"
 
 
-def _hoist_inline_defs(doc: dict[str, Any]) -> dict[str, Any]:
-    """Move schemas defined inline (``$defs``) into ``components/schemas``, where refs of the
-    form ``#/components/schemas/X`` look for them. A no-op on a document whose refs resolve;
-    lets the fuzzing run even while test_public_routes_refs_resolve fails."""
-    doc = copy.deepcopy(doc)
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for name, sub in node.pop("$defs", {}).items():
-                schemas.setdefault(name, sub)
-                walk(sub)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(doc["paths"])
-    return doc
-
-
 @pytest.fixture(scope="module")
 def api_schema(openapi_doc: dict[str, Any]) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_dict(_hoist_inline_defs(openapi_doc))
+    # The document as served: no repair, so a schema that clients could not use fails here
+    # as it fails test_public_routes_refs_resolve.
+    schema = schemathesis.openapi.from_dict(openapi_doc)
     return schema.include(path_regex=r"^/(similarity|embed|health)$")
 
 
@@ -154,7 +134,9 @@ def test_schemathesis(service_url: str, api_schema: schemathesis.BaseSchema, pat
 
 
 def test_only_public_routes_are_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
-    labels = sorted(op.ok().label for op in api_schema.get_all_operations())
+    operations = list(api_schema.get_all_operations())
+    assert all(isinstance(op, Ok) for op in operations), operations  # no unparsable route
+    labels = sorted(op.ok().label for op in operations if isinstance(op, Ok))
     assert labels == ["GET /health", "POST /embed", "POST /similarity"]
 
 
@@ -253,14 +235,13 @@ def test_hostile_body(client: httpx.Client, baseline: float, name: str) -> None:
 
 
 def test_valid_body_with_wrong_content_type(client: httpx.Client, baseline: float) -> None:
-    """The route reads the body whatever its Content-Type: a valid JSON body is scored (or,
-    should the service start enforcing the media type, refused with a JSON 4xx)."""
+    """The route reads the body whatever its Content-Type: a valid JSON body sent as
+    text/plain is scored, exactly as with application/json. (Should the service start
+    enforcing the media type, that is a contract change: change this test with it.)"""
     r = client.post("/similarity", content=json.dumps(VALID).encode(),
                     headers={"Content-Type": "text/plain"})
-    if r.status_code == 200:
-        assert r.json()["scores"][0]["distance"] == pytest.approx(baseline, abs=1e-6)
-    else:
-        _assert_json_4xx(r)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["scores"][0]["distance"] == pytest.approx(baseline, abs=1e-6)
     assert _post_valid(client) == pytest.approx(baseline, abs=1e-6)
 
 

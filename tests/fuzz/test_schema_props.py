@@ -5,8 +5,8 @@ Properties, over arbitrary JSON-like values (what ``json.loads`` can return: lon
 NaN and infinities, huge integers included):
 - it returns a ``SimilarityRequest`` or raises ``BadRequest`` (422) / ``TooManyPairs`` (413),
   never another exception;
-- every error body renders as the server renders it (Starlette's ``JSONResponse``: UTF-8,
-  no NaN) and every item names a field and, for a pair, a valid index;
+- every error body renders as the server renders it (its own ``SafeJSONResponse``: ASCII
+  with escapes, no NaN) and every item names a field and, for a pair, a valid index;
 - accepted requests keep pair_ids exactly (strings up to 256 characters, integers), and
   their 200 answer renders too; booleans, floats, objects and longer strings are refused.
 """
@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from starlette.responses import JSONResponse
 
 from transformer.errors import BadRequest, ServiceError, TooManyPairs
 from transformer.schemas import MAX_PAIR_ID_LENGTH, SimilarityRequest
 from transformer.scoring import plan_pairs, score_pairs
-from transformer.server import SimilarityTransformer
+from transformer.server import SafeJSONResponse, SimilarityTransformer
 from transformer.settings import TransformerSettings
 
 pytestmark = pytest.mark.timeout(300)
@@ -69,7 +69,7 @@ bodies = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def service() -> SimilarityTransformer:
+def service() -> Iterator[SimilarityTransformer]:
     # parse() never talks to the predictor; nothing listens on port 1.
     svc = SimilarityTransformer("dreamsim", TransformerSettings(), predictor_host="127.0.0.1:1")
     yield svc
@@ -78,7 +78,7 @@ def service() -> SimilarityTransformer:
 
 def render(content: Any, status: int = 200) -> bytes:
     """Bytes exactly as the server would send them (raises what the server would raise)."""
-    return bytes(JSONResponse(content, status_code=status).body)
+    return bytes(SafeJSONResponse(content, status_code=status).body)
 
 
 def check_parse(service: SimilarityTransformer, body: Any) -> SimilarityRequest | None:
@@ -198,7 +198,8 @@ def test_too_many_pairs_is_413(service: SimilarityTransformer, extra: int) -> No
         service.parse({"pairs": [pair] * (LIMIT + extra)})
     assert info.value.status_code == 413
     assert info.value.errors and info.value.errors[0].field == "pairs"
-    render(info.value.body(), 413)
+    sent = json.loads(render(info.value.body(), 413))
+    assert sent["limit"] == {"setting": "MAX_PAIRS_PER_REQUEST", "value": LIMIT}
 
 
 @pytest.mark.parametrize("pair_id", ["\ud800", "ok\udfff", "\udc00\ud800x"])
@@ -209,7 +210,8 @@ def test_lone_surrogate_pair_id_is_a_renderable_422(service: SimilarityTransform
     body = {"pairs": [{"reference_image": "a", "generated_image": "b", "pair_id": pair_id}]}
     with pytest.raises(BadRequest) as info:
         service.parse(body)
-    render(info.value.body(), 422)
+    sent = render(info.value.body(), 422)
+    assert sent.isascii() and json.loads(sent)["errors"]  # escaped, never UTF-8-encoded
 
 
 def test_floats_and_bools_are_not_coerced(service: SimilarityTransformer) -> None:

@@ -217,11 +217,12 @@ def test_a_patch_variant_is_served_and_reported(tmp_path: Path) -> None:
     """MODEL_TYPE=dinov2_vitb14_patch end to end: the predictor serves 1536-d unit
     embeddings (its metadata says so) and the transformer's /health names the variant.
     The other variants differ only in what tests/predictor/test_fidelity.py checks."""
-    from tests.checkpoints import build_upstream_cache
+    from tests.checkpoints import cached_upstream_cache
     from tests.conftest import start_transformer
+    from tests.predictor.test_fidelity import VARIANT_SEED
 
     variant = "dinov2_vitb14_patch"
-    cache = build_upstream_cache(tmp_path / "weights", variant, seed=3)
+    cache = cached_upstream_cache(variant, seed=VARIANT_SEED)  # test_fidelity's checkpoint
     http_port, grpc_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(cache), "DEVICE": "cpu", "MODEL_TYPE": variant}
     log = tmp_path / "predictor.log"

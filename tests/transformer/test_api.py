@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ImageHost, Predictor, start_transformer
+from tests.conftest import STRICT_ENV, ImageHost, start_transformer
 from tests.procs import free_port
 from tests.test_e2e import b64, check_response, distinct_images
 
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def images() -> list[bytes]:
     return distinct_images(8, size=256)
-
-
-@pytest.fixture(scope="module")
-def strict_url(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[str]:
-    """A transformer with small limits: 50 kB images, 1 s URL fetches, 4 pairs."""
-    env = {"MAX_IMAGE_SIZE_MB": "0.05", "URL_FETCH_TIMEOUT": "1", "MAX_PAIRS_PER_REQUEST": "4"}
-    log = tmp_path_factory.mktemp("logs") / "strict-transformer.log"
-    with start_transformer(predictor_server.grpc, log, env=env) as url:
-        yield url
 
 
 def post(url: str, body: object, **kw: object) -> httpx.Response:
@@ -80,18 +69,26 @@ def test_empty_pair_list_is_an_empty_answer(service_url: str) -> None:
     assert r.json()["scores"] == []
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "pairs"),
-    ({"pairs": "nope"}, "pairs"),
-    ({"pairs": [{"reference_image": "x"}]}, "generated_image"),
-    ({"pairs": [{"reference_image": 3, "generated_image": "x"}]}, "reference_image"),
+# /similarity and /embed share one validation helper: each check runs on both routes.
+@pytest.mark.parametrize("route, body, index, field", [
+    ("similarity", {}, None, "pairs"),
+    ("similarity", {"pairs": "nope"}, None, "pairs"),
+    ("similarity", {"pairs": [{"reference_image": "x"}]}, 0, "generated_image"),
+    ("similarity", {"pairs": [{"reference_image": 3, "generated_image": "x"}]}, 0,
+     "reference_image"),
+    ("embed", {}, None, "images"),
+    ("embed", {"images": [{"id": "x"}]}, 0, "image"),
+    ("embed", {"images": [{"image": "x", "id": True}]}, 0, "id"),
+    ("embed", {"images": [{"image": "x"}], "encoding": "hex"}, None, "encoding"),
 ])
-def test_schema_errors_are_422_naming_the_field(service_url: str, body: object,
-                                                field: str) -> None:
-    r = post(service_url, body)
-    assert r.status_code == 422
+def test_schema_errors_are_422_naming_the_field(service_url: str, route: str, body: object,
+                                                index: int | None, field: str) -> None:
+    r = httpx.post(f"{service_url}/{route}", json=body, timeout=120)
+    assert r.status_code == 422, r.text
     errors = r.json()["errors"]
-    assert any(e["field"] == field for e in errors), errors
+    assert any(e["index"] == index and e["field"].startswith(field) for e in errors), errors
+    if route == "embed" and index == 0 and field == "image":
+        assert errors[0]["id"] == "x"
     assert "Traceback" not in r.text
 
 
@@ -102,13 +99,21 @@ def test_invalid_json_is_422(service_url: str) -> None:
     assert "not valid JSON" in r.json()["detail"]
 
 
-def test_too_many_pairs_is_413_before_any_work(strict_url: str, images: list[bytes]) -> None:
-    pairs = [{"reference_image": "http://127.0.0.1:9/never-fetched",
-              "generated_image": "http://127.0.0.1:9/never-fetched"}] * 5
+@pytest.mark.parametrize("route, key, item, setting", [
+    ("similarity", "pairs", {"reference_image": "http://127.0.0.2:9/never-fetched",
+                             "generated_image": "http://127.0.0.2:9/never-fetched"},
+     "MAX_PAIRS_PER_REQUEST"),
+    ("embed", "images", {"image": "http://127.0.0.2:9/never-fetched"},
+     "MAX_IMAGES_PER_REQUEST"),
+])
+def test_too_many_items_is_413_before_any_work(strict_url: str, route: str, key: str,
+                                               item: dict[str, str], setting: str) -> None:
+    limit = int(STRICT_ENV[setting])
     started = time.perf_counter()
-    r = post(strict_url, {"pairs": pairs})
+    r = httpx.post(f"{strict_url}/{route}", json={key: [item] * (limit + 1)}, timeout=120)
     assert r.status_code == 413
-    assert "limit is 4" in r.json()["detail"]
+    assert f"limit is {limit}" in r.json()["detail"] and setting in r.json()["detail"]
+    assert r.json()["limit"] == {"setting": setting, "value": limit}  # for clients to split by
     assert time.perf_counter() - started < 1.0  # the URLs were never tried
 
 
@@ -163,7 +168,8 @@ def test_slow_url_times_out_quickly(strict_url: str, image_host: ImageHost) -> N
     elapsed = time.perf_counter() - started
     assert r.status_code == 422
     assert "timed out" in r.json()["errors"][0]["reason"]
-    assert elapsed < 3
+    # URL_FETCH_TIMEOUT is 2 s; the slow URL would go on for 20 s.
+    assert elapsed < 2 + 3
 
 
 def test_predictor_unreachable_is_503(tmp_path: Path, images: list[bytes]) -> None:

@@ -20,10 +20,20 @@ def test_lru_bound_and_order() -> None:
     a, b, c = (cache_key("m", x) for x in (b"a", b"b", b"c"))
     cache.put(a, np.zeros(3))
     cache.put(b, np.ones(3))
-    assert cache.get(a) is not None  # a is now the most recent
+
+    def held(key: bytes) -> np.ndarray:
+        value = cache.get(key)
+        assert value is not None
+        return value
+
+    assert np.array_equal(held(a), np.zeros(3))  # a is now the most recent
     cache.put(c, np.full(3, 2.0))
-    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
-    assert len(cache) == 2 and cache.hits == 3 and cache.misses == 1
+    assert len(cache) == 2
+    assert cache.get(b) is None  # the least recent went, not the oldest put
+    assert np.array_equal(held(a), np.zeros(3))
+    assert np.array_equal(held(c), np.full(3, 2.0))
+    # (Hits and misses are counted by the Prometheus metrics, tested through /metrics
+    # below; the cache itself kept counters that nothing read.)
 
 
 def test_keys_depend_on_bytes_and_model_identity() -> None:

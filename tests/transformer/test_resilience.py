@@ -178,6 +178,6 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
                 r = pending.result(timeout=30)
             assert r.status_code == 200, r.text
             check_response(r.json(), pairs(2))
-            assert proc.wait(timeout=30) == 0 or proc.returncode is not None
+            assert proc.wait(timeout=30) == 0  # a clean exit after draining, not a kill
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"{url}/health", timeout=5)

@@ -610,7 +610,7 @@ def test_lookups_that_never_return_are_bounded(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     resolver = Resolver(workers=2, timeout_s=0.3)
 
-    async def main() -> tuple[list[object], float]:
+    async def main() -> tuple[list[bytes | BaseException], float]:
         loop = asyncio.get_running_loop()
         async with make_client(allowed_networks=ALLOWED, resolver=resolver) as client:
             start = time.perf_counter()
