@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,7 +44,8 @@ def _camera_photo(size: tuple[int, int], seed: int) -> Image.Image:
     from skimage import data
 
     rng = np.random.default_rng(seed)
-    base = np.asarray(Image.fromarray(data.astronaut()).resize(size, Image.BICUBIC), np.int16)
+    upscaled = Image.fromarray(data.astronaut()).resize(size, Image.Resampling.BICUBIC)
+    base = np.asarray(upscaled, np.int16)
     noisy = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(noisy)
 
@@ -63,7 +65,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def _json_values(text: str) -> list[dict[str, object]]:
+def _json_values(text: str) -> list[Any]:
     """The JSON values curl printed one after the other (curl adds no newline)."""
     decoder, values, pos = json.JSONDecoder(), [], 0
     while (pos := len(text) - len(text[pos:].lstrip())) < len(text):

@@ -360,12 +360,13 @@ def test_manifests_offer_the_headless_service() -> None:
 
 @pytest.mark.parametrize("component", ["predictor", "transformer"])
 def test_memory_metric_needs_a_target(component: str) -> None:
-    values = {"fullnameOverride": "x", component: {
-        "minReplicas": 1, "maxReplicas": 3, "autoscaling": {"class": "hpa", "metric": "memory"}}}
+    autoscaling: dict[str, Any] = {"class": "hpa", "metric": "memory"}
+    values: dict[str, Any] = {"fullnameOverride": "x", component: {
+        "minReplicas": 1, "maxReplicas": 3, "autoscaling": autoscaling}}
     proc = template("x", values)
     assert proc.returncode != 0
     assert f"{component}.autoscaling.target" in proc.stderr and "CPU at 80%" in proc.stderr
-    values[component]["autoscaling"]["target"] = 70
+    autoscaling["target"] = 70
     assert template("x", values).returncode == 0
 
 

@@ -49,7 +49,7 @@ def is_metadata_rule(rule: dict[str, Any]) -> bool:
     """The workload-identity rule: only link-local /32s (cloud metadata endpoints)."""
     blocks = ip_blocks(rule)
     return bool(blocks) and len(blocks) == len(rule["to"]) and all(
-        ipaddress.ip_network(b["cidr"]).subnet_of(ipaddress.ip_network("169.254.0.0/16"))
+        ipaddress.IPv4Network(b["cidr"]).subnet_of(ipaddress.IPv4Network("169.254.0.0/16"))
         and "except" not in b for b in blocks)
 
 
