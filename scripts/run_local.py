@@ -7,22 +7,34 @@ internet, say) it stops, saying which files are missing, where they come from an
 lay them out by hand. Only this local runner fetches: the predictor itself never does
 (the images and the cluster keep their explicit weights step).
 
+Before anything (the weights included) it checks that its three ports are free on
+BIND_HOST: gRPC servers set SO_REUSEPORT, so a second predictor on a port in use would start
+without an error and the kernel would split connections between two models.
+
 Then it starts ``python -m predictor`` (gRPC on PREDICTOR_GRPC_PORT, REST on PREDICTOR_HTTP_PORT)
 and ``python -m transformer`` (the public API on PORT, default 8080), wired over gRPC v2,
-with every setting taken from the environment. Says where it listens once the model is
-loaded; Ctrl-C or SIGTERM stops both; if either process dies, the other is stopped too.
+with every setting taken from the environment, all bound to BIND_HOST (127.0.0.1 by default:
+the predictor's REST port serves KServe's inference routes without the transformer's limits;
+``BIND_HOST=0.0.0.0`` opens the three ports to the network). It says ``run: ready`` only when
+this run's own processes hold the ports and answer; Ctrl-C or SIGTERM at any moment (the
+weights download included) stops everything with one line; if either process dies, the
+other is stopped too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the project's packages are beside it
@@ -30,6 +42,71 @@ if str(ROOT) not in sys.path:  # run as a script: the project's packages are bes
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+PORT_VARS = "PORT / PREDICTOR_GRPC_PORT / PREDICTOR_HTTP_PORT"
+
+
+class Stop(BaseException):
+    """Ctrl-C or SIGTERM: a BaseException, so that no ``except Exception`` on the way (the
+    weights download, say) mistakes it for a failure."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise Stop(signum)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``port`` where ``host`` would bind it.
+
+    A plain bind (SO_REUSEADDR, so a closed connection in TIME_WAIT does not count, but no
+    SO_REUSEPORT) fails on Linux against any listening socket on that port whose address
+    overlaps, the wildcard and a SO_REUSEPORT gRPC server included.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on TCP ``port`` (any address); None without /proc."""
+    found: set[str] = set()
+    seen = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            cols = line.split()
+            # local_address is ADDR:PORT in hex; state 0A is LISTEN.
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                found.add(cols[9])
+    return found if seen else None
+
+
+def owns_port(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port`` (Linux: /proc). Where
+    /proc cannot tell, the process being alive is all that can be checked: True."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return True
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return False
+    held = set()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                held.add(target[len("socket:["):-1])
+    return bool(inodes & held)
 
 
 def _port(name: str, default: int) -> int:
@@ -141,13 +218,87 @@ def _ready(url: str) -> bool:
         return False
 
 
+def serving(procs: dict[str, subprocess.Popen[bytes]], ports: dict[str, list[int]],
+            health_url: str) -> bool:
+    """This run's own processes serve: each holds its ports and the transformer's /health
+    (which asks the predictor) answers 200. Another instance answering on the same port, or a
+    predictor that has not loaded yet, is not "ready"."""
+    for name, proc in procs.items():
+        if proc.poll() is not None or not all(owns_port(proc.pid, p) for p in ports[name]):
+            return False
+    return _ready(health_url)
+
+
+class Output:
+    """Copies the children's output to ours, line by line, until the run stops: after
+    Ctrl-C nothing the children print while shutting down (tracebacks of an interrupted
+    start-up included) reaches the terminal, only the one closing line."""
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self._threads: list[threading.Thread] = []
+
+    def follow(self, stream: IO[bytes]) -> None:
+        thread = threading.Thread(target=self._copy, args=(stream,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _copy(self, stream: IO[bytes]) -> None:
+        out = sys.stdout.buffer
+        for line in iter(stream.readline, b""):
+            if not self.quiet:
+                out.write(line)
+                out.flush()
+
+    def join(self, timeout_s: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+
+
+def _stop_children(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def main() -> int:
+    # Ctrl-C and SIGTERM end the run quietly from the first line on (weights step included).
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    output = Output()
+    try:
+        return _run(procs, output)
+    except Stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        output.quiet = True
+        _stop_children(procs)
+        print("run: stopped", flush=True)
+        return 130
+
+
+def _run(procs: dict[str, subprocess.Popen[bytes]], output: Output) -> int:
     port = _port("PORT", 8080)
     grpc_port = _port("PREDICTOR_GRPC_PORT", 8081)
     rest_port = _port("PREDICTOR_HTTP_PORT", 8085)
+    host = os.environ.get("BIND_HOST", "").strip() or "127.0.0.1"
     if len({port, grpc_port, rest_port}) != 3:
         sys.exit("run: PORT, PREDICTOR_GRPC_PORT and PREDICTOR_HTTP_PORT must differ")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        busy = [p for p in (port, grpc_port, rest_port) if port_in_use(host, p)]
+    except OSError as e:  # not an address of this machine, say
+        sys.exit(f"run: cannot bind BIND_HOST={host!r}: {e}")
+    if busy:
+        sys.exit(f"run: port {busy[0]} is in use: set {PORT_VARS}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BIND_HOST": host}
     env.setdefault("MODEL_CACHE_DIR", str(ROOT / "models"))
     env.setdefault("MODEL_TYPE", "dino_vitb16")
     problem = prepare_weights(env["MODEL_TYPE"], Path(env["MODEL_CACHE_DIR"]),
@@ -155,49 +306,45 @@ def main() -> int:
     if problem is not None:
         print(f"run: {problem}", file=sys.stderr, flush=True)
         return 1
-    py = sys.executable
+    py, bound = sys.executable, str(ROOT / "scripts" / "bound_child.py")
+    where = "all interfaces" if host in ("0.0.0.0", "::") else host
     print(f"run: predictor (MODEL_TYPE={env['MODEL_TYPE']}, "
           f"DEVICE={env.get('DEVICE', 'cuda')}, weights in {env['MODEL_CACHE_DIR']}) "
-          f"on gRPC :{grpc_port} / REST :{rest_port}", flush=True)
-    procs = [subprocess.Popen([py, "-m", "predictor", "--http_port", str(rest_port),
-                               "--grpc_port", str(grpc_port)], cwd=ROOT, env=env)]
-    procs.append(subprocess.Popen([py, "-m", "transformer", "--predictor_host",
-                                   f"127.0.0.1:{grpc_port}", "--predictor_protocol", "grpc-v2",
-                                   "--http_port", str(port)], cwd=ROOT, env=env))
+          f"on gRPC :{grpc_port} / REST :{rest_port}, bound to {where}", flush=True)
+    # Own sessions: a Ctrl-C in the terminal reaches this process only, which stops the
+    # children itself (SIGTERM) instead of both printing an interrupted start-up.
+    for name, args in (
+            ("predictor", ["--http_port", str(rest_port), "--grpc_port", str(grpc_port)]),
+            ("transformer", ["--predictor_host", f"127.0.0.1:{grpc_port}",
+                             "--predictor_protocol", "grpc-v2", "--http_port", str(port)])):
+        proc = subprocess.Popen([py, bound, name, *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs[name] = proc
+        assert proc.stdout is not None
+        output.follow(proc.stdout)
 
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    ports = {"predictor": [grpc_port, rest_port], "transformer": [port]}
+    base = f"http://127.0.0.1:{port}"
     announced = False
     code = 0
-    while not stopping:
-        dead = [p for p in procs if p.poll() is not None]
+    while True:
+        dead = [(n, p) for n, p in procs.items() if p.poll() is not None]
         if dead:
-            code = dead[0].returncode or 1
-            name = "predictor" if dead[0] is procs[0] else "transformer"
-            print(f"run: the {name} exited with code {dead[0].returncode}; stopping", flush=True)
+            name, p = dead[0]
+            code = p.returncode or 1
+            output.join(timeout_s=2)  # its last words first
+            print(f"run: the {name} exited with code {p.returncode}; stopping", flush=True)
             break
-        if not announced and _ready(f"http://127.0.0.1:{port}/health"):
+        if not announced and serving(procs, ports, f"{base}/health"):
             announced = True
-            print(f"run: ready. POST http://127.0.0.1:{port}/similarity, "
-                  f"POST http://127.0.0.1:{port}/embed, "
-                  f"GET http://127.0.0.1:{port}/health (Ctrl-C stops)", flush=True)
+            print(f"run: ready. POST {base}/similarity, POST {base}/embed, GET {base}/health "
+                  "(Ctrl-C stops)", flush=True)
         time.sleep(0.5)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    output.quiet = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stop_children(procs)
     print("run: stopped", flush=True)
     return code
 

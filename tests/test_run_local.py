@@ -9,11 +9,15 @@ upstream layout. The runner starts on an empty cache dir and must fetch, verify 
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -186,3 +190,225 @@ def test_bad_auto_fetch_value_is_refused(tmp_path: Path) -> None:
     proc = subprocess.run(RUN, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode != 0 and "AUTO_FETCH_WEIGHTS='maybe'" in proc.stderr
+
+
+# ---------------------------------------------------------------- issue 23: ports, ready,
+# binding, Ctrl-C
+
+
+def _listen(port: int, *, reuseport: bool) -> socket.socket:
+    """A listening socket on 127.0.0.1:port, SO_REUSEPORT like a gRPC server when asked."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("var", ["PORT", "PREDICTOR_GRPC_PORT", "PREDICTOR_HTTP_PORT"])
+def test_a_port_in_use_stops_before_anything_starts(tmp_path: Path, var: str) -> None:
+    """gRPC's SO_REUSEPORT would let a second predictor share a busy port silently (two
+    models answering one service): the run must refuse before fetching or starting."""
+    closed = f"http://127.0.0.1:{free_port()}/mirror"
+    env = run_env(tmp_path / "models", closed)
+    with _listen(int(env[var]), reuseport=True):
+        proc = subprocess.run(RUN, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (f"run: port {env[var]} is in use: set PORT / PREDICTOR_GRPC_PORT / "
+            "PREDICTOR_HTTP_PORT") in out
+    assert "fetching" not in out and "run: predictor (" not in out, out
+    assert not (tmp_path / "models").exists()
+
+
+def test_port_check_and_ownership_helpers() -> None:
+    """The runner's own checks, on real sockets: a listener makes its port busy; only the
+    process holding the listening socket owns the port."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        import run_local
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+    port = free_port()
+    assert not run_local.port_in_use("127.0.0.1", port)
+    with _listen(port, reuseport=False):
+        assert run_local.port_in_use("127.0.0.1", port)
+        assert run_local.owns_port(os.getpid(), port)
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert not run_local.owns_port(other.pid, port)
+        finally:
+            other.kill()
+            other.wait()
+    assert not run_local.port_in_use("127.0.0.1", port)
+
+
+def _listeners(ports: set[int]) -> dict[int, set[str]]:
+    """Addresses listening on ``ports``, from /proc/net/tcp and tcp6."""
+    out: dict[int, set[str]] = {p: set() for p in ports}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            addr, port_hex = cols[1].rsplit(":", 1)
+            if cols[3] == "0A" and int(port_hex, 16) in ports:
+                raw = bytes.fromhex(addr)
+                # /proc writes each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                ip = ipaddress.ip_address(words)
+                # gRPC listens on an IPv6 socket for 127.0.0.1 too: ::ffff:127.0.0.1.
+                mapped = getattr(ip, "ipv4_mapped", None)
+                out[int(port_hex, 16)].add(str(mapped or ip))
+    return out
+
+
+def _lines_until(proc: subprocess.Popen[str], needle: str, seen: list[str],
+                 timeout_s: float) -> None:
+    """Read ``proc``'s output into ``seen`` until a line holds ``needle``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"no {needle!r} in:\n{''.join(seen)[-3000:]}")
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[str]:
+    """The runner in its own session, as a terminal runs it (Ctrl-C goes to the group)."""
+    return subprocess.Popen(RUN, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _ctrl_c(proc: subprocess.Popen[str], seen: list[str]) -> list[str]:
+    """SIGINT to the runner's whole process group (what Ctrl-C does); the lines after it."""
+    before = len(seen)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    seen.extend(rest.splitlines(keepends=True))
+    return seen[before:]
+
+
+def test_binds_loopback_by_default_and_says_ready_when_serving(
+        tmp_path: Path, dino_weights_dir: Path) -> None:
+    """All three ports on 127.0.0.1 only (the predictor's REST inference routes have none
+    of the transformer's limits); ready once the run's own processes answer; Ctrl-C then
+    stops with one line."""
+    env = run_env(dino_weights_dir, "http://127.0.0.1:9")
+    ports = {int(env[v]) for v in ("PORT", "PREDICTOR_GRPC_PORT", "PREDICTOR_HTTP_PORT")}
+    proc = _start(env)
+    seen: list[str] = []
+    try:
+        _lines_until(proc, "run: ready.", seen, timeout_s=300)
+        assert httpx.get(f"http://127.0.0.1:{env['PORT']}/health", timeout=10).json()[
+            "model_loaded"] is True
+        assert _listeners(ports) == {p: {"127.0.0.1"} for p in ports}
+        after = _ctrl_c(proc, seen)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert [line.strip() for line in after if line.strip()] == ["run: stopped"], after
+    assert proc.returncode == 130
+
+
+def test_not_ready_when_another_process_answers(tmp_path: Path,
+                                                dino_weights_dir: Path) -> None:
+    """Someone takes PORT after the check and answers /health 200 there: the transformer
+    cannot bind, and the run must not say it is ready (it used to, from the other
+    instance's answer)."""
+    env = run_env(dino_weights_dir, "http://127.0.0.1:9")
+    port = int(env["PORT"])
+    proc = _start(env)
+    seen: list[str] = []
+    try:
+        _lines_until(proc, "run: predictor (", seen, timeout_s=60)
+
+        class Healthy(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        other = http.server.ThreadingHTTPServer(("127.0.0.1", port), Healthy)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            rest, _ = proc.communicate(timeout=300)  # the transformer fails; the run stops
+        finally:
+            other.shutdown()
+            other.server_close()
+        seen.append(rest)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = "".join(seen)
+    assert "run: ready" not in out, out[-3000:]
+    assert "run: the transformer exited" in out and proc.returncode != 0, out[-3000:]
+
+
+def test_ctrl_c_during_start_up_stops_quietly(tmp_path: Path, dino_weights_dir: Path) -> None:
+    """Ctrl-C while both children start (imports, model load): one line, no tracebacks."""
+    env = run_env(dino_weights_dir, "http://127.0.0.1:9")
+    proc = _start(env)
+    seen: list[str] = []
+    try:
+        _lines_until(proc, "run: predictor (", seen, timeout_s=60)
+        time.sleep(3)  # mid-import, mid-load
+        after = _ctrl_c(proc, seen)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert [line.strip() for line in after if line.strip()] == ["run: stopped"], after
+    assert "Traceback" not in "".join(seen)
+    assert proc.returncode == 130
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """A release host on a slow link: announces 50 MB, then sends 64 kB a second."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(50_000_000))
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(b"\0" * 65536)
+                self.wfile.flush()
+                time.sleep(1)
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_ctrl_c_during_the_weights_download_stops_quietly(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = run_env(tmp_path / "models", f"http://127.0.0.1:{server.server_address[1]}")
+    proc = _start(env)
+    seen: list[str] = []
+    try:
+        _lines_until(proc, "fetching them now", seen, timeout_s=60)
+        time.sleep(3)  # downloading
+        after = _ctrl_c(proc, seen)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        server.shutdown()
+        server.server_close()
+    assert [line.strip() for line in after if line.strip()] == ["run: stopped"], after
+    assert "Traceback" not in "".join(seen) and proc.returncode == 130
