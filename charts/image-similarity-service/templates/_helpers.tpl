@@ -109,7 +109,7 @@ storageUri, where KServe's storage initializer fills /mnt/models from STORAGE_UR
 {{- end }}
 
 {{/*
-The public API of the transformer (API.md), the only paths the Ingress or HTTPRoute
+The public API of the transformer (README, "API"), the only paths the Ingress or HTTPRoute
 exposes: [method, path] pairs.
 */}}
 {{- define "image-similarity.publicRoutes" -}}
