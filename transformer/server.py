@@ -154,18 +154,21 @@ class SimilarityTransformer(Model):
                     process: Callable[[T], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """Serve one request with a body under every request-level limit; for every route.
 
-        In order: a ticket (429 when too many are in), the body (``request_body``: size,
-        read deadline, pod-wide byte budget; no slot is held meanwhile), a processing slot
-        (503 after the queue timeout), ``parse`` of the JSON on a thread, then
+        In order: a quick 429 when every ticket is taken, the body (``request_body``:
+        size, read deadline, pod-wide byte budget; no ticket or slot is held meanwhile, see
+        ``admission.py``), a ticket (429 when too many are in), a processing slot (503
+        after the queue timeout), ``parse`` of the JSON on a thread, then
         ``process`` of the parsed request. The request's deadline (``REQUEST_TIMEOUT``,
         504) runs from its arrival over all of it; its URL byte budget is current for
         ``process`` and whatever it starts (:mod:`transformer.budget`).
         """
         s = self.settings
         spent = RequestBudget(timeout_s=s.request_timeout, fetch_bytes=s.max_request_fetch_bytes)
-        async with self.admission.ticket(), request_body(
+        self.admission.check()
+        async with request_body(
                 request, limit=s.max_body_bytes, budget=self.body_budget,
-                timeout_s=min(s.body_read_timeout, spent.remaining())) as raw:
+                timeout_s=min(s.body_read_timeout, spent.remaining())) as raw, \
+                self.admission.ticket():
             async with self.admission.slot(timeout_s=spent.remaining()):
                 timeout = asyncio.timeout(spent.remaining())
                 try:
