@@ -52,6 +52,7 @@ from .errors import (
     TooManyPairs,
 )
 from .fetch import make_client
+from .http_guard import HeadLimits, guarded_protocol
 from .inputs import ImageLoader, LoadedImages
 from .netguard import Resolver
 from .pipeline import ChunkSender
@@ -540,6 +541,25 @@ async def health() -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
+class TransformerModelServer(ModelServer):
+    """KServe's ``ModelServer`` whose HTTP connections are bounded (``http_guard.py``):
+    uvicorn's httptools protocol replaced by the guarded one in KServe's uvicorn config."""
+
+    def __init__(self, *, settings: TransformerSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._limits = HeadLimits(timeout_s=settings.header_timeout,
+                                  max_bytes=settings.max_header_bytes,
+                                  max_count=settings.max_header_count,
+                                  max_connections=settings.max_connections)
+
+    async def _serve(self) -> None:
+        # ModelServer.start made the REST server (its uvicorn config not loaded yet) and
+        # queued its start; the protocol class is read when uvicorn loads the config.
+        assert self._rest_server is not None, "the transformer runs one worker"
+        self._rest_server.config.http = guarded_protocol(self._limits)
+        await super()._serve()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m transformer --predictor_host HOST:PORT [kserve flags]``."""
     parser = argparse.ArgumentParser(parents=[kserve_model_server.parser],
@@ -569,9 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     set_service(service)
     log.info("transformer for model %r on :%d, predictor at %s (grpc-v2)",
              args.model_name, args.http_port, args.predictor_host)
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                enable_grpc=args.enable_grpc,
-                grace_period=settings.shutdown_grace_period).start([service])
+    TransformerModelServer(settings=settings, http_port=args.http_port,
+                           grpc_port=args.grpc_port, workers=1, enable_grpc=args.enable_grpc,
+                           grace_period=settings.shutdown_grace_period).start([service])
     return 0
 
 
