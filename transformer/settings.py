@@ -38,6 +38,10 @@ class TransformerSettings(LogSettings):
                                             "the CPUs usable, container limit included)")
     url_fetch_concurrency: int = Field(32, ge=1, le=1024,
                                        description="URLs fetched at once, over all requests")
+    url_fetch_per_request: int = Field(
+        4, ge=1, le=1024,
+        description="URLs one request fetches at once; at most URL_FETCH_CONCURRENCY / "
+                    "MAX_CONCURRENT_REQUESTS, no request waits for another's fetches")
     predictor_timeout: float = Field(120.0, gt=0,
                                      description="seconds allowed for one predictor call")
     predictor_connections: int = Field(
