@@ -13,6 +13,11 @@ KServe 0.21's ``ModelServer`` passes its gRPC server nothing but the message lim
 module builds the same server (``kserve/protocol/grpc/server.py``, ``GRPCServer.start``)
 with the extra options. KServe's per-call INFO logging interceptor is left out: the model
 logs each call at DEBUG (one line per public request is the transformer's job).
+
+grpc-python sets SO_REUSEPORT on its listening sockets by default: a second predictor on a
+port in use would bind without error and the kernel would split new connections between
+the two (another MODEL_TYPE there means wrong answers). ``grpc.so_reuseport`` is 0 here,
+so a port in use stops the predictor at start with a message naming it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ def connection_age_options(age_s: float, grace_s: float) -> list[tuple[str, int]
             ("grpc.max_connection_age_grace_ms", round(grace_s * 1000))]
 
 
+class PortInUse(RuntimeError):
+    """The gRPC port could not be bound: another process listens on it."""
+
+
 class AgingGRPCServer(GRPCServer):
     """KServe's ``GRPCServer`` with extra server arguments (``options``)."""
 
@@ -47,7 +56,9 @@ class AgingGRPCServer(GRPCServer):
         super().__init__(port, **kwargs)
         self._extra_options = options
 
-    async def start(self, max_workers: int) -> None:
+    def bind(self, max_workers: int) -> None:
+        """Make the server and bind its port; raise PortInUse when the port is taken
+        (before anything else has started, so that nothing else logs a traceback)."""
         servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -56,10 +67,20 @@ class AgingGRPCServer(GRPCServer):
                       self._kwargs.get("grpc_max_send_message_length")),
                      ("grpc.max_receive_message_length",
                       self._kwargs.get("grpc_max_receive_message_length")),
+                     # A port in use fails here instead of being shared (module docstring).
+                     ("grpc.so_reuseport", 0),
                      *self._extra_options])
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer,
                                                                            self._server)
-        self._server.add_insecure_port(f"[::]:{self._port}")
+        try:
+            self._server.add_insecure_port(f"[::]:{self._port}")
+        except RuntimeError:
+            raise PortInUse(f"gRPC port {self._port} is in use (another predictor?); "
+                            "stopping") from None
+
+    async def start(self, max_workers: int) -> None:
+        if self._server is None:
+            self.bind(max_workers)
         logger.info("gRPC server on port %d, options %s", self._port, self._extra_options)
         await self._server.start()
         await self._server.wait_for_termination()
@@ -72,10 +93,25 @@ class PredictorModelServer(ModelServer):
         super().__init__(enable_grpc=False, **kwargs)  # ours replaces KServe's
         self._grpc_options = grpc_options
 
+    def start(self, models: list[Any]) -> None:
+        """Serve ``models`` until stopped; a gRPC port in use exits with status 2 and a
+        line saying so, not a traceback."""
+        try:
+            super().start(models)
+        except PortInUse as e:
+            logger.error("%s", e)
+            raise SystemExit(2) from None
+
     async def _serve(self) -> None:
         # Started beside KServe's REST server; ModelServer.stop() stops it by this name.
         self._grpc_server = AgingGRPCServer(
             self.grpc_port, options=self._grpc_options, data_plane=self.dataplane,
             model_repository_extension=self.model_repository_extension,
             kwargs=vars(kserve_model_server.args), grace_period=self.grace_period)
+        try:
+            self._grpc_server.bind(self.max_threads)
+        except PortInUse:
+            for server in self.servers:  # KServe's REST server: not started yet
+                server.close()
+            raise
         await asyncio.gather(self._grpc_server.start(self.max_threads), *self.servers)

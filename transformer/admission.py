@@ -1,10 +1,14 @@
 """Bounded in-flight work: a few requests processed at once, a few more waiting, the rest
 turned away at once with 429 instead of piling up in memory.
 
-A request takes a *ticket* when it arrives and keeps it until it is answered; it takes a
-processing *slot* only once its body has been read and parsed, so a client that uploads
-slowly holds a ticket (bounded by the body read deadline), never a slot. The bodies held
-by every admitted request together are bounded in bytes by a :class:`ByteBudget`.
+A request's body is read first, holding neither a ticket nor a slot: reading is bounded
+by the bytes held (:class:`ByteBudget`, over every body being read or processed), by the
+body read deadline, and by the open connections (``MAX_CONNECTIONS``,
+``http_guard.py``). Then the request takes a *ticket*, kept until it is answered, and a
+processing *slot*. Before, the body was read under a ticket: a handful of slow uploads
+held every ticket for a whole ``BODY_READ_TIMEOUT`` and legitimate requests got 429, again
+and again. A request that arrives while every ticket is taken is still refused at once,
+before its body is read (``check``).
 """
 
 from __future__ import annotations
@@ -46,27 +50,32 @@ class Admission:
 
     Args:
         concurrent: requests processed at once.
-        queued: requests allowed in besides those (reading their body or waiting for a
-            slot); one more is refused immediately.
+        queued: requests allowed in besides those (waiting for a slot, their body read);
+            one more is refused immediately.
         queue_timeout_s: longest wait for a slot.
     """
 
     def __init__(self, *, concurrent: int, queued: int, queue_timeout_s: float) -> None:
         self._slots = asyncio.Semaphore(concurrent)
         self._capacity = concurrent + queued
-        self._admitted = 0  # processing + waiting + reading a body
+        self._admitted = 0  # processing + waiting for a slot
         self._timeout = queue_timeout_s
 
     @property
     def admitted(self) -> int:
         return self._admitted
 
-    @contextlib.asynccontextmanager
-    async def ticket(self) -> AsyncIterator[None]:
-        """Count the request in for the with-block, or raise Overloaded at once."""
+    def check(self) -> None:
+        """Raise Overloaded when no ticket is free now (taking none): a request that would
+        be turned away is turned away before its body is read."""
         if self._admitted >= self._capacity:
             raise Overloaded("the service is busy: too many requests in flight; retry shortly",
                              retry_after_s=1)
+
+    @contextlib.asynccontextmanager
+    async def ticket(self) -> AsyncIterator[None]:
+        """Count the request in for the with-block, or raise Overloaded at once."""
+        self.check()
         self._admitted += 1
         try:
             yield

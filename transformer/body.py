@@ -2,10 +2,11 @@
 goes away treated as the normal event it is.
 
 Used by every route that takes a body (``/similarity``, and any other added later), before
-a processing slot is taken: a client that uploads slowly is cut off by the deadline (408)
-and meanwhile holds no slot. The bytes of every body held at once, over all requests, are
-bounded by the :class:`~transformer.admission.ByteBudget`; a body that would pass it is
-refused (503) instead of waited for.
+an admission ticket or a processing slot is taken: a client that uploads slowly is cut
+off by the deadline (408) and meanwhile holds neither (``admission.py``). The bytes of
+every body held at once, over all requests, are bounded by the
+:class:`~transformer.admission.ByteBudget`; a body that would pass it is refused (503)
+instead of waited for.
 """
 
 from __future__ import annotations

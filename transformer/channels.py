@@ -15,12 +15,22 @@ arguments are equal (the global subchannel pool): each channel here uses its own
 subchannel pool and carries its index as an argument, so that ``size`` channels really are
 ``size`` connections (``tests/transformer/test_spreading.py`` counts them; measured: with
 equal arguments, three channels made one connection and sent every call to one backend).
+
+Only READY channels get calls while any channel is READY. A channel whose connection
+failed (the predictor restarting, say) sits in gRPC's reconnect backoff, and a call on it
+fails at once with UNAVAILABLE even when the predictor is back; gRPC's retries stay on the
+same channel. Before, calls went to such channels in turn: after a predictor restart
+``/health`` answered 200 (its check had landed on a reconnected channel) while 10 of 16
+requests got 503. Every pick also asks the channels that are not READY to connect, so
+that they rejoin (an idle channel connects only when asked). When none is READY a call may
+wait a little for the first that becomes so (``wait_s``) rather than fail at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -64,15 +74,45 @@ class ChannelPool:
             self._channels.append(channel)
             self._stubs.append(GRPCInferenceServiceStub(channel))
 
-    @contextmanager
-    def stub(self) -> Iterator[GRPCInferenceServiceStub]:
-        """A stub on the least busy channel, counted as busy for the with-block."""
-        if not self._stubs:
-            self._open()
+    def _pick(self) -> int:
+        """The least busy READY channel (ties in turn), or the least busy of all when
+        none is READY; every channel not READY is asked to connect."""
+        ready = [channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
+                 for channel in self._channels]
+        candidates = [i for i in range(self.size) if ready[i]] or list(range(self.size))
         start = self._next
         self._next = (start + 1) % self.size
-        index = min(range(self.size),
-                    key=lambda i: (self.in_flight[i], (i - start) % self.size))
+        return min(candidates, key=lambda i: (self.in_flight[i], (i - start) % self.size))
+
+    def ready_count(self) -> int:
+        """How many channels are READY now (none opened yet: 0)."""
+        return sum(channel.get_state() == grpc.ChannelConnectivity.READY
+                   for channel in self._channels)
+
+    async def _any_ready(self, timeout_s: float) -> None:
+        """Return once some channel is READY, or after ``timeout_s``."""
+        waits = [asyncio.ensure_future(channel.channel_ready()) for channel in self._channels]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    @asynccontextmanager
+    async def stub(self, *, wait_s: float = 0.0) -> AsyncIterator[GRPCInferenceServiceStub]:
+        """A stub on the least busy READY channel, counted as busy for the with-block.
+
+        Args:
+            wait_s: when no channel is READY, wait up to this long for one to become so
+                (then the call goes to the least busy channel and fails or connects there).
+        """
+        if not self._stubs:
+            self._open()
+        if wait_s > 0 and not self.ready_count():
+            for channel in self._channels:
+                channel.get_state(try_to_connect=True)
+            await self._any_ready(wait_s)
+        index = self._pick()
         self.in_flight[index] += 1
         try:
             yield self._stubs[index]

@@ -1,7 +1,9 @@
 """From request strings to what the predictor must embed: parse, fetch, decode, concurrently.
 
 Base64 parsing and decoding run in a thread pool (Pillow releases the GIL while it
-decodes and resizes), URLs are fetched concurrently with a global bound; every failure is
+decodes and resizes), URLs are fetched concurrently with a global bound; both are shared
+fairly between requests (``fairness.py``: a per-request bound on fetches, round-robin
+between requests for the decode threads); every failure is
 collected so that the client learns about all of them in one answer. Images whose
 embedding is in the cache are not decoded; images that decode to the same pixels are
 embedded once. Each distinct image is handed to a ``ChunkSender`` as soon as it is
@@ -11,6 +13,7 @@ decoded, so that the predictor can start on the first chunk while the rest decod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -23,7 +26,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import numpy as np
 
-from . import budget, metrics
+from . import budget, fairness, metrics
 from .cache import EmbeddingCache, cache_key
 from .errors import ImageErrors
 from .fetch import FetchError, fetch_image_bytes
@@ -110,12 +113,15 @@ class ImageLoader:
         self.client = client
         self.cache = cache if cache is not None else EmbeddingCache(0)
         self._url_slots = asyncio.Semaphore(settings.url_fetch_concurrency)
+        self._threads = fairness.FairExecutor(executor, workers=settings.decode_workers)
 
     async def _fetch(self, url: str) -> bytes:
         # The request's budget (when there is one) counts every byte received; waiting for
         # a fetch slot counts against its deadline, which the route enforces.
         spent = budget.current()
-        async with self._url_slots:
+        share = fairness.current()
+        async with (share.fetch_slots if share is not None else contextlib.nullcontext()), \
+                self._url_slots:
             started = time.perf_counter()
             try:
                 return await fetch_image_bytes(
@@ -139,11 +145,10 @@ class ImageLoader:
 
     async def _load_one(self, value: str, model_identity: str | None,
                         partition: bytes) -> _Source:
-        loop = asyncio.get_running_loop()
         s = self.settings
         try:
-            ref = await loop.run_in_executor(
-                self.executor, partial(parse_image_input, value, max_bytes=s.max_image_bytes))
+            ref = await self._threads.run(
+                partial(parse_image_input, value, max_bytes=s.max_image_bytes))
             if ref.url is not None:
                 if not s.url_fetch_enabled:
                     raise ImageInputError(URL_FETCH_DISABLED)
@@ -167,7 +172,7 @@ class ImageLoader:
             (metrics.CACHE_HITS if cached is not None else metrics.CACHE_MISSES).inc()
             if cached is not None:
                 return _Source(key=key, embedding=cached)
-        pixels, digest = await loop.run_in_executor(self.executor, self._decode, data)
+        pixels, digest = await self._threads.run(self._decode, data)
         return _Source(key=key, pixels=pixels, digest=digest)
 
     async def load(self, plan: InputPlan, pair_ids: Sequence[PairId], *,
@@ -196,8 +201,11 @@ class ImageLoader:
                 return "pixels", rows.add(source), None
             return "cached", 0, source.embedding
 
-        results = await asyncio.gather(*(load_one(value) for value in plan.inputs),
-                                       return_exceptions=True)
+        # One share per request: its fetches are bounded, its decodes take turns with
+        # other requests' (the tasks gather starts inherit the share).
+        with fairness.sharing(fairness.Share(fetches=self.settings.url_fetch_per_request)):
+            results = await asyncio.gather(*(load_one(value) for value in plan.inputs),
+                                           return_exceptions=True)
         errors: list[ErrorItem] = []
         for result, uses in zip(results, plan.uses, strict=True):
             if isinstance(result, ImageInputError):

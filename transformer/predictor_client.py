@@ -34,6 +34,19 @@ _SERVICE_CONFIG = json.dumps({"methodConfig": [{
 
 _RETRY_BUFFER_BYTES = 64 << 20  # 2 x 128 images of 3x224x224 bytes, and headroom
 
+# gRPC's reconnect backoff grows 1.6x per failed attempt up to 120 s by default: a channel
+# that failed while the predictor was down for a minute would stay down for a minute or
+# two after it is back. Capped to a second, so every channel rejoins within about a second
+# (+-20% jitter) of the predictor's return. The connect deadline of an attempt
+# (``min_reconnect_backoff_ms``, 20 s by default) is 2 s: a predictor address that drops
+# packets is given up on, and tried again, quickly.
+RECONNECT_BACKOFF_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250),
+                             ("grpc.max_reconnect_backoff_ms", 1000),
+                             ("grpc.min_reconnect_backoff_ms", 2000)]
+# When no channel is READY, how long a call waits for one (a reconnect, within the backoff
+# cap above) before it is tried anyway and fails with 503.
+READY_WAIT_S = 2.0
+
 
 @dataclass(frozen=True)
 class Embeddings:
@@ -81,7 +94,7 @@ class PredictorClient:
                    # default, under two images): cover the largest batch, so that a call
                    # caught by a predictor ending its connection is retried.
                    ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES),
-                   ("grpc.lb_policy_name", lb_policy)]
+                   ("grpc.lb_policy_name", lb_policy), *RECONNECT_BACKOFF_OPTIONS]
         self.channels = ChannelPool(
             self.host, size=connections, options=options,
             credentials=grpc.ssl_channel_credentials() if use_ssl else None)
@@ -121,7 +134,7 @@ class PredictorClient:
                                request_id=request_id or current_request_id.get()
                                or uuid.uuid4().hex)
         try:
-            with self.channels.stub() as stub:
+            async with self.channels.stub(wait_s=min(READY_WAIT_S, timeout)) as stub:
                 raw = await stub.ModelInfer(request.to_grpc(), timeout=timeout)
         except grpc.aio.AioRpcError as e:
             raise self._error(e, timeout) from None
@@ -139,9 +152,12 @@ class PredictorClient:
         return Embeddings(vectors=vectors, info=_parameters(response))
 
     async def is_ready(self, *, timeout_s: float = 2.0) -> bool:
-        """Whether the predictor's model is loaded and warmed up (False when unreachable)."""
+        """Whether the predictor's model is loaded and warmed up (False when unreachable).
+
+        Asked on a READY channel, where calls go (``ChannelPool``): True means the next
+        call has a connection that answered."""
         try:
-            with self.channels.stub() as stub:
+            async with self.channels.stub(wait_s=min(READY_WAIT_S, timeout_s / 2)) as stub:
                 reply = await stub.ModelReady(pb.ModelReadyRequest(name=self.model_name),
                                               timeout=timeout_s)
         except grpc.aio.AioRpcError:

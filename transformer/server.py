@@ -52,6 +52,7 @@ from .errors import (
     TooManyPairs,
 )
 from .fetch import make_client
+from .http_guard import HeadLimits, guarded_protocol
 from .inputs import ImageLoader, LoadedImages
 from .netguard import Resolver
 from .pipeline import ChunkSender
@@ -158,18 +159,21 @@ class SimilarityTransformer(Model):
                     process: Callable[[T], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """Serve one request with a body under every request-level limit; for every route.
 
-        In order: a ticket (429 when too many are in), the body (``request_body``: size,
-        read deadline, pod-wide byte budget; no slot is held meanwhile), a processing slot
-        (503 after the queue timeout), ``parse`` of the JSON on a thread, then
+        In order: a quick 429 when every ticket is taken, the body (``request_body``:
+        size, read deadline, pod-wide byte budget; no ticket or slot is held meanwhile, see
+        ``admission.py``), a ticket (429 when too many are in), a processing slot (503
+        after the queue timeout), ``parse`` of the JSON on a thread, then
         ``process`` of the parsed request. The request's deadline (``REQUEST_TIMEOUT``,
         504) runs from its arrival over all of it; its URL byte budget is current for
         ``process`` and whatever it starts (:mod:`transformer.budget`).
         """
         s = self.settings
         spent = RequestBudget(timeout_s=s.request_timeout, fetch_bytes=s.max_request_fetch_bytes)
-        async with self.admission.ticket(), request_body(
+        self.admission.check()
+        async with request_body(
                 request, limit=s.max_body_bytes, budget=self.body_budget,
-                timeout_s=min(s.body_read_timeout, spent.remaining())) as raw:
+                timeout_s=min(s.body_read_timeout, spent.remaining())) as raw, \
+                self.admission.ticket():
             async with self.admission.slot(timeout_s=spent.remaining()):
                 timeout = asyncio.timeout(spent.remaining())
                 try:
@@ -572,6 +576,25 @@ async def health() -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
+class TransformerModelServer(ModelServer):
+    """KServe's ``ModelServer`` whose HTTP connections are bounded (``http_guard.py``):
+    uvicorn's httptools protocol replaced by the guarded one in KServe's uvicorn config."""
+
+    def __init__(self, *, settings: TransformerSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._limits = HeadLimits(timeout_s=settings.header_timeout,
+                                  max_bytes=settings.max_header_bytes,
+                                  max_count=settings.max_header_count,
+                                  max_connections=settings.max_connections)
+
+    async def _serve(self) -> None:
+        # ModelServer.start made the REST server (its uvicorn config not loaded yet) and
+        # queued its start; the protocol class is read when uvicorn loads the config.
+        assert self._rest_server is not None, "the transformer runs one worker"
+        self._rest_server.config.http = guarded_protocol(self._limits)
+        await super()._serve()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m transformer --predictor_host HOST:PORT [kserve flags]``."""
     parser = argparse.ArgumentParser(parents=[kserve_model_server.parser],
@@ -601,9 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     set_service(service)
     log.info("transformer for model %r on :%d, predictor at %s (grpc-v2)",
              args.model_name, args.http_port, args.predictor_host)
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                enable_grpc=args.enable_grpc,
-                grace_period=settings.shutdown_grace_period).start([service])
+    TransformerModelServer(settings=settings, http_port=args.http_port,
+                           grpc_port=args.grpc_port, workers=1, enable_grpc=args.enable_grpc,
+                           grace_period=settings.shutdown_grace_period).start([service])
     return 0
 
 

@@ -36,6 +36,10 @@ class TransformerSettings(LogSettings):
                                             "the CPUs usable, container limit included)")
     url_fetch_concurrency: int = Field(32, ge=1, le=1024,
                                        description="URLs fetched at once, over all requests")
+    url_fetch_per_request: int = Field(
+        4, ge=1, le=1024,
+        description="URLs one request fetches at once; at most URL_FETCH_CONCURRENCY / "
+                    "MAX_CONCURRENT_REQUESTS, no request waits for another's fetches")
     predictor_timeout: float = Field(120.0, gt=0,
                                      description="seconds allowed for one predictor call")
     predictor_connections: int = Field(
@@ -70,6 +74,20 @@ class TransformerSettings(LogSettings):
         32, ge=0, le=100_000, description="requests waiting for a slot; more get a quick 429")
     queue_timeout: float = Field(30.0, gt=0,
                                  description="seconds a request may wait for a slot (then 503)")
+    header_timeout: float = Field(
+        10.0, gt=0, le=600,
+        description="seconds a request's headers may take to arrive, from its first byte "
+                    "(or the connection's opening); then 408 and the connection is closed")
+    max_header_bytes: int = Field(
+        65536, ge=1024, le=16 << 20,
+        description="bytes of one request's head (request line and headers); more is 431")
+    max_header_count: int = Field(
+        100, ge=8, le=10_000, description="headers in one request; more is 431")
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="HTTP connections open at once; at the bound an idle keep-alive "
+                    "connection is closed to make room, else the new one gets 503 and is "
+                    "closed (file descriptors stay bounded)")
     shutdown_grace_period: int = Field(
         30, ge=0, le=3600, description="seconds SIGTERM waits for in-flight requests")
 

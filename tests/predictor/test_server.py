@@ -239,3 +239,28 @@ def test_a_patch_variant_is_served_and_reported(tmp_path: Path) -> None:
         with start_transformer(host, tmp_path / "transformer.log") as url:
             health = httpx.get(f"{url}/health", timeout=30).json()
     assert health["model_type"] == variant
+
+
+def test_a_second_predictor_on_a_grpc_port_in_use_stops_at_start(
+        predictor_server: Predictor, dino_weights_dir: Path, tmp_path: Path) -> None:
+    """gRPC sets SO_REUSEPORT by default: before, a second predictor on the same gRPC port
+    started without a word and the kernel gave it half of the new connections."""
+    grpc_port = predictor_server.grpc.rsplit(":", 1)[1]
+    env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu",
+           "MODEL_TYPE": "dino_vitb16"}
+    log = tmp_path / "second.log"
+    http_port = free_port()
+    with running(python_cmd("predictor", "--http_port", str(http_port),
+                            "--grpc_port", grpc_port), env=env, log_path=log) as second:
+        # It exits, or it gets as far as serving (the old behaviour): then the test fails.
+        with pytest.raises(RuntimeError, match="process exited with 2"):
+            wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready",
+                         timeout_s=180, proc=second)
+        text = log.read_text(errors="replace")
+    assert f"gRPC port {grpc_port} is in use" in text
+    assert "Traceback" not in text
+    # The first one still serves, alone on its port.
+    with grpc.insecure_channel(predictor_server.grpc) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    assert httpx.get(f"{predictor_server.http}/v2/models/dreamsim/ready", timeout=10
+                     ).status_code == 200

@@ -123,6 +123,25 @@ def test_slow_uploads_hold_no_slot_and_get_408(limited: tuple[str, Path]) -> Non
             sock.close()
 
 
+def test_slow_uploads_hold_no_admission_ticket(limited: tuple[str, Path]) -> None:
+    """Issue 19, item 2: more slow uploads than there are tickets (1 slot + 6 queued).
+    Before, each held a ticket while it uploaded, and this request got 429 for a whole
+    BODY_READ_TIMEOUT, again and again."""
+    url, _ = limited
+    slow = [upload_start(url, 100_000, b"{") for _ in range(12)]
+    try:
+        time.sleep(0.5)
+        pairs = one_pair()
+        r = post(url, {"pairs": pairs})
+        assert r.status_code == 200, r.text
+        check_response(r.json(), pairs)
+        for sock in slow:
+            assert status_of(sock, timeout=10)[0] == 408
+    finally:
+        for sock in slow:
+            sock.close()
+
+
 def test_bodies_in_flight_are_bounded_in_bytes(limited: tuple[str, Path]) -> None:
     url, _ = limited
     # 0.9 MB held by a stalled upload; 1.5 MB for all bodies: a 0.7 MB body is turned away.

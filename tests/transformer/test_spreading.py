@@ -87,15 +87,16 @@ def test_calls_spread_over_predictors_behind_one_address(predictors: list[tuple[
 def test_pool_picks_the_least_busy_channel_in_turn() -> None:
     async def run() -> None:
         pool = ChannelPool("127.0.0.1:9", size=3, options=[])
-        with pool.stub() as a, pool.stub() as b, pool.stub() as c:
+        # Nothing listens: no channel is READY, so all of them are candidates.
+        async with pool.stub() as a, pool.stub() as b, pool.stub() as c:
             assert len({id(a), id(b), id(c)}) == 3  # three calls, three channels
             assert pool.in_flight == [1, 1, 1]
-            with pool.stub() as d:  # all busy: the next in turn
+            async with pool.stub() as d:  # all busy: the next in turn
                 assert pool.in_flight.count(2) == 1 and d in (a, b, c)
         assert pool.in_flight == [0, 0, 0]
         picked = []
         for _ in range(6):  # one at a time: the channels take turns
-            with pool.stub() as s:
+            async with pool.stub() as s:
                 picked.append(id(s))
         assert picked[:3] == picked[3:] and len(set(picked)) == 3
         await pool.close()

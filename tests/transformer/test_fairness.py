@@ -1,0 +1,132 @@
+"""One request's many slow fetches or costly decodes must not starve another client's small
+request (issue 19, item 5).
+
+A real transformer process; a local HTTP host whose ``/slow/...`` paths drip their answer
+for ``DRIP_S``. The predictor is the instant FAKE one (``fake_predictor``), on purpose:
+what is tested is how the transformer shares its fetches and decode threads between
+requests, and the real model on this machine's CPU would add its own queue (one call at a
+time) to both requests' times. Before, every fetch of the pod waited on one FIFO
+semaphore and every decode went into one FIFO thread pool: the small request waited for
+the slow fetches to end (here ``DRIP_S``), or for all of the costly images to decode.
+Figures under load: ``python -m bench.fairness``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.server
+import io
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import start_transformer
+from tests.test_e2e import b64, distinct_images
+from tests.transformer.fake_predictor import fake_predictor
+
+pytestmark = pytest.mark.slow
+
+DRIP_S = 20.0
+ENV = {"DECODE_WORKERS": "1", "URL_FETCH_CONCURRENCY": "4", "URL_FETCH_PER_REQUEST": "2",
+       "MAX_CONCURRENT_REQUESTS": "2", "URL_FETCH_TIMEOUT": "60", "REQUEST_TIMEOUT": "30",
+       "EMBEDDING_CACHE_SIZE": "0"}
+SMALL = distinct_images(1, size=64)[0]
+
+
+class _Host(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/slow/"):  # a valid PNG's first byte, then a trickle
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            ends = time.monotonic() + DRIP_S
+            try:
+                while time.monotonic() < ends:
+                    self.wfile.write(b"\x89")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(SMALL)))
+        self.end_headers()
+        self.wfile.write(SMALL)
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _Host)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.2:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("logs") / "fair-transformer.log"
+    with fake_predictor() as grpc, start_transformer(grpc, log, env=ENV) as url:
+        yield url
+
+
+def timed_request(url: str, images: list[str]) -> tuple[int, float]:
+    started = time.perf_counter()
+    # Pairs of consecutive images; one image is paired with itself (embedded once).
+    pairs = [{"reference_image": images[i], "generated_image": images[min(i + 1, len(images) - 1)]}
+             for i in range(0, len(images), 2)]
+    r = httpx.post(f"{url}/similarity", json={"pairs": pairs},
+                   timeout=120)
+    return r.status_code, time.perf_counter() - started
+
+
+def costly_pngs(n: int, side: int = 2500) -> list[bytes]:
+    """``n`` distinct PNGs that are small to send and slow to decode and resize."""
+    out = []
+    for i in range(n):
+        pixels = np.zeros((side, side, 3), np.uint8)
+        pixels[0, 0] = (i % 256, i // 256, 1)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def test_a_one_url_request_is_not_held_behind_anothers_slow_urls(service: str,
+                                                                   host: str) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(timed_request, service, [f"{host}/slow/{i}" for i in range(4)])
+        time.sleep(2)  # its four fetches are under way: every fetch slot of the pod, before
+        code, small_s = timed_request(service, [f"{host}/small.png"])
+        still_running = not heavy.done()
+        heavy_code, heavy_s = heavy.result()
+    print(f"one-URL request: {small_s:.2f} s beside a request of slow URLs "
+          f"({heavy_code} after {heavy_s:.1f} s)")
+    assert code == 200
+    assert still_running
+    assert small_s < DRIP_S / 2, small_s  # before: at least DRIP_S
+
+
+def test_a_small_request_is_not_held_behind_anothers_costly_decodes(service: str) -> None:
+    costly = [b64(p) for p in costly_pngs(30)]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(timed_request, service, costly)
+        time.sleep(1)  # its images are queued for the one decode thread
+        code, small_s = timed_request(service, [b64(SMALL)])
+        heavy_code, heavy_s = heavy.result()
+    print(f"small request: {small_s:.2f} s beside a request of costly images "
+          f"({heavy_code} after {heavy_s:.1f} s)")
+    assert code == 200 and heavy_code == 200
+    # Before: it waited for every costly image (FIFO), finishing about with the heavy one.
+    assert small_s < 0.5 * heavy_s, (small_s, heavy_s)
