@@ -30,6 +30,7 @@ REASONS = {
     "webp-unknown-chunks": "WebP image has more than 1268 chunks for its",
     "bmp-rle8": "run-length encoded BMP images are not accepted",
     "tiff-strip-offsets": "TIFF images are not accepted (accepted: PNG, JPEG, WebP, GIF, BMP)",
+    "jpeg-many-scans": "JPEG image has more than 100 scans",
 }
 
 
