@@ -18,7 +18,8 @@ U+2028 and U+2029 (line and paragraph separators, line breaks to JavaScript and 
 viewers), format characters (U+202E and the other bidirectional overrides, which make a
 line read differently from what it holds; zero-width characters) and lone surrogates. A
 client can therefore neither start a line nor disguise one. Text lines get ``\\xNN`` /
-``\\uNNNN`` escapes (the traceback keeps its line breaks); JSON lines get JSON's ``\\uNNNN``
+``\\uNNNN`` escapes (a traceback keeps its line breaks, and each of its lines is
+indented, so none starts like a record); JSON lines get JSON's ``\\uNNNN``
 escapes, so the parsed value is exactly what was logged.
 """
 
@@ -106,10 +107,16 @@ class TextFormatter(logging.Formatter):
         return escape(super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:
-        return escape(super().formatException(ei), keep="\n")
+        return _continued(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
-        return escape(super().formatStack(stack_info), keep="\n")
+        return _continued(super().formatStack(stack_info))
+
+
+def _continued(text: str) -> str:
+    """A traceback escaped but for its line breaks, each line indented: a line break in an
+    exception's message cannot start a line that reads as a record."""
+    return "  " + escape(text, keep="\n").replace("\n", "\n  ")
 
 
 def _json_safe(text: str) -> str:

@@ -128,11 +128,11 @@ def tiff_strip_offsets(size: int) -> bytes:
             + struct.pack("<I", 1) * n + b"\x00\x00")
 
 
-def jpeg_many_scans(size: int, *, side: int = 1024) -> bytes:
+def jpeg_many_scans(size: int, *, side: int = 1024, scans: int | None = None) -> bytes:
     """A valid progressive JPEG of ``side`` x ``side`` whose last scan (an AC refinement,
-    with its Huffman table) is repeated until the file is about ``size`` bytes: each scan
-    is a decoding pass over the whole image (libjpeg warns about the repeated refinement
-    and goes on, as Pillow lets it)."""
+    with its Huffman table) is repeated until the file is about ``size`` bytes (or has
+    ``scans`` scans, at least its own 10): each scan is a decoding pass over the whole
+    image (libjpeg warns about the repeated refinement and goes on, as Pillow lets it)."""
     img = Image.linear_gradient("L").resize((side, side)).convert("RGB")
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=75, progressive=True)
@@ -141,7 +141,8 @@ def jpeg_many_scans(size: int, *, side: int = 1024) -> bytes:
     eoi = data.rindex(b"\xff\xd9")
     table = data.rfind(b"\xff\xc4", sos[-2], sos[-1])
     scan = data[table if table > 0 else sos[-1]:eoi]
-    return data[:eoi] + scan * max(1, (size - len(data)) // len(scan)) + data[eoi:]
+    repeats = scans - len(sos) if scans is not None else (size - len(data)) // len(scan)
+    return data[:eoi] + scan * max(0 if scans is not None else 1, repeats) + data[eoi:]
 
 
 HOSTILE: dict[str, Callable[[int], bytes]] = {
