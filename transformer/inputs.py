@@ -167,20 +167,26 @@ class ImageLoader:
         finally:
             metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
 
+    def _landed(self, key: tuple[bytes, bytes], task: asyncio.Future[Any]) -> None:
+        """Forget a finished decode (unless a newer one for the same key took its place)."""
+        flight = self._decoding.get(key)
+        if flight is not None and flight.task is task:
+            del self._decoding[key]
+
     async def _decode_once(self, data: bytes, content: bytes, partition: bytes,
                            memory: Sequence[MemoryBudget]) -> tuple[np.ndarray, bytes]:
         """``_decode(data)``, shared with every load of the same bytes (and partition)
         that starts while it runs."""
         key = (partition, content)
         flight = self._decoding.get(key)
-        if flight is None:
+        if flight is None or flight.task.cancelled():  # none, or given up by all its waiters
             spent = budget.current()
             deadline = (spent.deadline if spent is not None
                         else time.monotonic() + self.settings.request_timeout)
             task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
                 self.executor, self._decode, data, memory, deadline))
             flight = self._decoding[key] = _Flight(task)
-            task.add_done_callback(lambda _: self._decoding.pop(key, None))
+            task.add_done_callback(partial(self._landed, key))
         flight.waiters += 1
         try:
             return await asyncio.shield(flight.task)

@@ -251,3 +251,38 @@ def test_mime_base64_is_sized_without_its_line_breaks() -> None:
                        match=r"image is 0.0 MB decoded, over the 0.010199 MB limit"):
         parse_image_input(mime, max_bytes=len(data) - 1)
     json.dumps(mime)  # a string a client can send
+
+
+def test_a_decode_given_up_by_all_is_cancelled_and_can_start_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = inputs.decode_image
+
+    def counted(blob: bytes, **kwargs: object) -> np.ndarray:
+        calls.append(len(blob))
+        return real(blob, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inputs, "decode_image", counted)
+    settings = _settings(monkeypatch)
+    image = base64.b64encode(_png(64)).decode()
+    plan = [ImagePair(reference_image=image, generated_image=image)]
+
+    async def main() -> object:
+        async with make_client(allowed_networks=settings.allowed_networks) as client:
+            with ThreadPoolExecutor(1) as pool:
+                loader = ImageLoader(settings, executor=pool, client=client)
+                release = threading.Event()
+                blocker = asyncio.get_running_loop().run_in_executor(pool, release.wait, 10)
+                first = asyncio.ensure_future(loader.load(plan_pairs(plan), [None]))
+                await asyncio.sleep(0.5)  # parsed on the pool? no: the pool is blocked
+                first.cancel()  # its request timed out, say
+                release.set()
+                await blocker
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+                assert calls == []  # the queued decode never ran
+                return await loader.load(plan_pairs(plan), [None])
+
+    loaded = asyncio.run(main())
+    assert calls == [len(base64.b64decode(image))]
+    assert loaded.sender.rows == 1  # type: ignore[attr-defined]
