@@ -10,6 +10,16 @@ decoded plus the bodies (``MAX_BODIES_IN_FLIGHT_MB``). Header-expensive images a
 by the walk in ``transformer/imageguard.py``, whose time is printed for 20 MB of each kind
 (and Pillow's own time to open 1 MB of the same, for comparison).
 
+Issue 19's classes (``--only images,floods``): the peak memory of one request per hostile
+image kind (a 118-byte BMP, a 35-byte GIF with a huge canvas, a 16-bit RGBA PNG at the
+pixel limit, a 2048 x 2048 progressive JPEG of 500 scans, a 20 kB request of 256
+distinct such GIFs), each on a fresh transformer; and, under each flood (8 such requests at once,
+for at most ``--flood-s`` seconds: hostile images, 31 MB bodies of 4,300-digit integers,
+31 MB bodies of long strings, ``/embed`` of 256 identical images, one picture sent 36
+ways), the latency of ``GET /health`` polled every 100 ms, and the peak memory. ``--code
+DIR`` runs the transformer from another checkout (say, the code before a change) with
+this script, so both are measured the same way.
+
 The predictor is an instant stand-in (``tests/transformer/fake_predictor.py``, FAKE on
 purpose: it answers constant embeddings at once over the same gRPC v2 protocol): the
 predictor's own costs are bounded by the batch limits and measured by ``bench.run``. The
@@ -21,22 +31,29 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
+import statistics
 import struct
+import sys
+import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from bench.machine import machine_info
-from bench.service import run_transformer
+from bench.service import run_transformer, spawn
 from bench.settings import RESULTS_DIR, reproduce
-from tests.fuzz.hostile_images import HOSTILE
+from tests.fuzz.hostile_images import HOSTILE, MEMORY_HOSTILE, gif_huge_canvas, jpeg_many_scans
+from tests.procs import free_port, wait_http_ok
 from tests.transformer.fake_predictor import fake_predictor
 from transformer.imageguard import why_refused
 from transformer.settings import TransformerSettings
@@ -120,20 +137,219 @@ def scenario(grpc: str, body: bytes, clients: int, log: Path) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def transformer_at(code: Path | None, grpc: str, env: dict[str, str],
+                   log: Path) -> Iterator[tuple[str, int]]:
+    """A transformer with default settings (plus ``env``), from this checkout or from the
+    checkout at ``code``; yields (URL, pid)."""
+    if code is None:
+        with run_transformer(grpc, env, log) as out:
+            yield out
+        return
+    port = free_port()
+    cmd = ["env", f"--chdir={code}", sys.executable, "-m", "transformer", "--predictor_host",
+           grpc, "--predictor_protocol", "grpc-v2", "--http_port", str(port)]
+    with spawn(cmd, env={**env, "PYTHONPATH": str(code)}, log_path=log) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/health", timeout_s=180, proc=proc, log_path=log)
+        yield url, proc.pid
+
+
+def _pairs(images: list[str]) -> bytes:
+    return json.dumps({"pairs": [{"reference_image": images[i],
+                                  "generated_image": images[(i + 1) % len(images)]}
+                                 for i in range(0, len(images), 2)]}).encode()
+
+
+def _distinct_gifs(n: int) -> list[bytes]:
+    """``n`` distinct 35-byte GIFs with the largest canvas (their palettes differ)."""
+    out = []
+    for i in range(n):
+        gif = bytearray(gif_huge_canvas())
+        gif[13:16] = bytes((i & 255, (i >> 8) & 255, 7))
+        out.append(bytes(gif))
+    return out
+
+
+def _photo_jpeg(side: int) -> bytes:
+    rng = np.random.default_rng(side)
+    img = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _ways(data: bytes, n: int) -> list[str]:
+    """The same image as ``n`` different strings: base64 wrapped at different widths, with
+    and without padding, URL-safe, data URIs with different media types."""
+    b64 = base64.b64encode(data).decode()
+    out = [b64, f"data:image/jpeg;base64,{b64}",
+           base64.urlsafe_b64encode(data).decode().rstrip("=")]
+    width = 60
+    while len(out) < n:
+        out.append("\n".join(b64[j:j + width] for j in range(0, len(b64), width)))
+        width += 4
+    return out[:n]
+
+
+def request_kinds() -> dict[str, tuple[str, bytes]]:
+    """Name -> (route, body) of one request of each hostile kind."""
+    ok = base64.b64encode(_photo_jpeg(64)).decode()
+    kinds = {name: ("/similarity", _pairs([ok, base64.b64encode(build()).decode()]))
+             for name, build in MEMORY_HOSTILE.items()}
+    scans = jpeg_many_scans(0, side=2048, scans=500)
+    kinds[f"jpeg-{len(scans) // 1000}kB-500-scans"] = ("/similarity", _pairs(
+        [ok, base64.b64encode(scans).decode()]))
+    kinds["gif-20kB-request"] = ("/similarity", _pairs(
+        [base64.b64encode(g).decode() for g in _distinct_gifs(256)]))
+    return kinds
+
+
+def flood_kinds() -> dict[str, tuple[str, bytes]]:
+    """Name -> (route, body) of the request each flood sends 8 of at once."""
+    requests = request_kinds()
+    kinds = {"gif-20kB-request": requests["gif-20kB-request"],
+             "jpeg-500-scans": next(v for k, v in requests.items() if "500-scans" in k)}
+    digits = "9" * 4299
+    kinds["json-4300-digit-ints-31MB"] = ("/similarity", (
+        '{"pairs":[' + ",".join([digits] * (31_000_000 // 4300)) + "]}").encode())
+    kinds["json-long-strings-31MB"] = ("/similarity", json.dumps({"pairs": [
+        {"reference_image": "A" * 15_499_000, "generated_image": "B" * 15_499_000}]}).encode())
+    small = base64.b64encode(_photo_jpeg(64)).decode()
+    kinds["embed-256-identical"] = ("/embed", json.dumps(
+        {"images": [{"image": small, "id": i} for i in range(256)]}).encode())
+    kinds["one-picture-36-ways"] = ("/similarity", _pairs(_ways(_photo_jpeg(1500), 36)))
+    return kinds
+
+
+def _post(url: str, route: str, body: bytes, timeout: float) -> tuple[int, float, str]:
+    start = time.perf_counter()
+    try:
+        r = httpx.post(f"{url}{route}", content=body, timeout=timeout,
+                       headers={"Content-Type": "application/json"})
+        return r.status_code, time.perf_counter() - start, r.text[:200]
+    except httpx.HTTPError as e:
+        return 0, time.perf_counter() - start, f"{type(e).__name__} (client gave up)"
+
+
+def one_request(code: Path | None, grpc: str, name: str, route: str, body: bytes,
+                log: Path) -> dict[str, Any]:
+    """One request on a fresh transformer: its answer and the peak memory it cost."""
+    with transformer_at(code, grpc, {"EMBEDDING_CACHE_SIZE": "0"}, log) as (url, pid):
+        base = _memory(pid)[0]
+        status, seconds, text = _post(url, route, body, 300)
+        peak = _memory(pid)[1]
+    row = {"request": name, "body_bytes": len(body), "status": status,
+           "seconds": round(seconds, 1), "peak_minus_baseline_MB": round((peak - base) / 1e6),
+           "answer": text}
+    print(f"  {name:28s} {len(body):>11,d} B: {status} in {seconds:6.1f} s, peak RSS "
+          f"+{(peak - base) / 1e6:,.0f} MB   {text[:110]}", flush=True)
+    return row
+
+
+def flood(code: Path | None, grpc: str, name: str, route: str, body: bytes, clients: int,
+          window_s: float, log: Path) -> dict[str, Any]:
+    """``clients`` copies of the request at once, on a fresh transformer, for at most
+    ``window_s``: the probes' latency meanwhile, the answers, the peak memory."""
+    with transformer_at(code, grpc, {}, log) as (url, pid):
+        base = _memory(pid)[0]
+        probes: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            with httpx.Client(timeout=60) as client:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    try:
+                        client.get(f"{url}/health")
+                    except httpx.HTTPError:
+                        pass
+                    probes.append(time.perf_counter() - start)
+                    time.sleep(0.1)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        pool = concurrent.futures.ThreadPoolExecutor(clients)
+        started = time.perf_counter()
+        futures = [pool.submit(_post, url, route, body, window_s) for _ in range(clients)]
+        concurrent.futures.wait(futures, timeout=window_s + 5)
+        wall = time.perf_counter() - started
+        done.set()
+        prober.join(65)
+        peak = _memory(pid)[1]
+        pool.shutdown(wait=False, cancel_futures=True)
+    answers = [f.result() if f.done() else (0, wall, "not answered") for f in futures]
+    codes: dict[str, int] = {}
+    for status, _, _ in answers:
+        codes[str(status)] = codes.get(str(status), 0) + 1
+    probe_ms = {"count": len(probes),
+                "median": round(statistics.median(probes) * 1000) if probes else None,
+                "max": round(max(probes) * 1000) if probes else None}
+    row = {"flood": name, "clients": clients, "body_bytes": len(body),
+           "wall_s": round(wall, 1), "answers": codes, "probe_ms": probe_ms,
+           "peak_minus_baseline_MB": round((peak - base) / 1e6),
+           "sample_answer": answers[0][2]}
+    print(f"  {name:28s} {clients} x {len(body):>11,d} B: answers {codes} in {wall:5.1f} s; "
+          f"/health median {probe_ms['median']} ms, max {probe_ms['max']} ms "
+          f"({len(probes)} probes); peak RSS +{(peak - base) / 1e6:,.0f} MB", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.worst_case",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=0,
                    help="concurrent requests [MAX_CONCURRENT_REQUESTS, default 8]")
+    p.add_argument("--only", default="walks,images,floods,largest",
+                   help="parts to run, comma-separated: walks (header walks), images (one "
+                        "request per hostile kind), floods (probe latency), largest (the most "
+                        "expensive request of distinct max-pixel PNGs) [all]")
+    p.add_argument("--code", type=Path, default=None,
+                   help="run the transformer from this checkout instead (before/after)")
+    p.add_argument("--flood-s", type=float, default=40.0,
+                   help="seconds each flood lasts at most [40]")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "worst_case.json")
     args = p.parse_args(argv)
+    parts = set(args.only.split(","))
     settings = TransformerSettings()
     clients = args.clients or settings.max_concurrent_requests
     m = machine_info()
-    print(f"machine: {m['cpu']}, {len(os.sched_getaffinity(0))} usable cores; transformer "
-          "defaults; predictor: an instant FAKE stand-in", flush=True)
-    print("header walk (imageguard) vs Pillow:", flush=True)
-    walks = header_walks()
+    print(f"machine: {m['cpu']}, {len(os.sched_getaffinity(0))} usable cores, load "
+          f"{os.getloadavg()[0]:.1f}; transformer defaults, code "
+          f"{args.code or 'of this checkout'}; predictor: an instant FAKE stand-in", flush=True)
+    out: dict[str, Any] = {"machine": m, "code": str(args.code or "this checkout"),
+                           "load_at_start": os.getloadavg()}
+    log_dir = RESULTS_DIR / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if "walks" in parts:
+        print("header walk (imageguard) vs Pillow:", flush=True)
+        out["header_walks"] = header_walks()
+    with fake_predictor("ok") as grpc:
+        if "images" in parts:
+            print("one request per hostile kind (fresh transformer each):", flush=True)
+            out["requests"] = [one_request(args.code, grpc, name, route, body,
+                                           log_dir / f"worst-case-{name}.log")
+                               for name, (route, body) in request_kinds().items()]
+        if "floods" in parts:
+            print(f"floods: {clients} requests at once, /health every 100 ms:", flush=True)
+            out["floods"] = [flood(args.code, grpc, name, route, body, clients, args.flood_s,
+                                   log_dir / f"worst-case-flood-{name}.log")
+                             for name, (route, body) in flood_kinds().items()]
+        if "largest" in parts:
+            out["runs"] = largest(grpc, settings, clients, log_dir)
+    out["load_at_end"] = os.getloadavg()
+    line = reproduce("bench.worst_case", argv)
+    print(line)
+    out["reproduce"] = line
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    print(f"written: {args.out}")
+    return 0
 
+
+def largest(grpc: str, settings: TransformerSettings, clients: int,
+            log_dir: Path) -> list[dict[str, Any]]:
+    """The most expensive request found: distinct max-pixel PNGs up to the body limit."""
     one = max_pixel_pngs(1)[0]
     per_image = len(base64.b64encode(one)) + 40
     n = min(2 * settings.max_pairs_per_request, int(settings.max_body_bytes * 0.99) // per_image)
@@ -146,19 +362,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({len(one) / 1e3:.0f} KB each), body {len(body) / 1e6:.1f} MB "
           f"(MAX_REQUEST_BODY_MB {settings.max_request_body_mb:g}), REQUEST_TIMEOUT "
           f"{settings.request_timeout:g} s", flush=True)
-    log_dir = RESULTS_DIR / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    runs = []
-    with fake_predictor("ok") as grpc:
-        for c in (1, clients):
-            runs.append(scenario(grpc, body, c, log_dir / f"worst-case-{c}.log"))
-    line = reproduce("bench.worst_case", argv)
-    print(line)
-    out = RESULTS_DIR / "worst_case.json"
-    out.write_text(json.dumps({"machine": m, "header_walks": walks, "runs": runs,
-                               "reproduce": line}, indent=1))
-    print(f"written: {out}")
-    return 0
+    return [scenario(grpc, body, c, log_dir / f"worst-case-{c}.log") for c in (1, clients)]
 
 
 if __name__ == "__main__":

@@ -10,12 +10,24 @@ to DEBUG, so ``LOG_LEVEL=DEBUG`` brings them back.
 ``LOG_FORMAT=json`` writes one JSON object per line (``time``, ``level``, ``logger``,
 ``message``, the record's extra fields, ``request_id`` while a request is served,
 ``exception``), as log collectors (Fluent Bit, Vector, Cloud Logging) parse without rules.
+
+Records carry what clients sent (URLs, paths, ids, error reasons), so both formats escape
+every character that is not printable (:func:`escape`): control characters (C0, DEL and C1:
+U+0085 NEL is a line break to some readers, U+009B CSI starts a terminal escape sequence),
+U+2028 and U+2029 (line and paragraph separators, line breaks to JavaScript and some log
+viewers), format characters (U+202E and the other bidirectional overrides, which make a
+line read differently from what it holds; zero-width characters) and lone surrogates. A
+client can therefore neither start a line nor disguise one. Text lines get ``\\xNN`` /
+``\\uNNNN`` escapes (a traceback keeps its line breaks, and each of its lines is
+indented, so none starts like a record); JSON lines get JSON's ``\\uNNNN``
+escapes, so the parsed value is exactly what was logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import warnings
 from contextvars import ContextVar
@@ -59,6 +71,60 @@ class LogSettings(BaseSettings):
             else value.lower()
 
 
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _json_escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a UTF-16 surrogate pair, as JSON writes characters past the BMP
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def escape(text: str, *, keep: str = "", json_escapes: bool = False) -> str:
+    """``text`` with every non-printable character but the space and those in ``keep``
+    escaped (``str.isprintable``: categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs but the
+    space), as ``\\xNN``/``\\uNNNN``, or as JSON ``\\uNNNN`` escapes."""
+    if text.isprintable():
+        return text
+    one = _json_escape_char if json_escapes else _escape_char
+    return "".join(c if c.isprintable() or c == " " or c in keep else one(c) for c in text)
+
+
+_JSON_UNSAFE = re.compile(r"[^\x20-\x7e]")  # json.dumps escapes only '"', '\\' and C0
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` lines, escaped (:func:`escape`): one record, one line, plus its
+    traceback."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _continued(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _continued(super().formatStack(stack_info))
+
+
+def _continued(text: str) -> str:
+    """A traceback escaped but for its line breaks, each line indented: a line break in an
+    exception's message cannot start a line that reads as a record."""
+    return "  " + escape(text, keep="\n").replace("\n", "\n  ")
+
+
+def _json_safe(text: str) -> str:
+    """JSON text with its non-printable characters as JSON escapes (they can only be
+    inside strings: the structure is ASCII)."""
+    return _JSON_UNSAFE.sub(lambda m: escape(m.group(), json_escapes=True), text)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
@@ -76,7 +142,7 @@ class JsonFormatter(logging.Formatter):
                     value is None else str(value)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _json_safe(json.dumps(out, ensure_ascii=False, default=str))
 
 
 class _RequestIdFilter(logging.Filter):
@@ -106,7 +172,7 @@ def configure(settings: LogSettings) -> None:
     made: it leaves logging alone when the root logger has a handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json"
-                         else logging.Formatter(TEXT_FORMAT))
+                         else TextFormatter(TEXT_FORMAT))
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -7,13 +7,28 @@ off by the deadline (408) and meanwhile holds neither (``admission.py``). The by
 every body held at once, over all requests, are bounded by the
 :class:`~transformer.admission.ByteBudget`; a body that would pass it is refused (503)
 instead of waited for.
+
+Parsing (:func:`load_json`) is bounded too. Python's C JSON parser holds the GIL for a whole
+document, so whatever it spends is an event-loop stall (measured before the bounds, 8
+bodies of 31 MB parsed at once: 31 s for 4,300-digit integers, 21 s for small integers,
+16 s for floats, 6 s for short strings, 1.1 s for long strings, on the loaded 2-core
+machine). The API's bodies are a few hundred objects around long strings, so a body is
+refused (422) before parsing when it has more than ``MAX_JSON_VALUES`` values (counted from
+its commas, brackets and braces, in C), and while parsing when a number is longer than
+``MAX_JSON_NUMBER_DIGITS`` characters (a 4,300-digit integer costs ``int()`` about 0.2 ms:
+quadratic) or is ``NaN`` / ``Infinity`` (not JSON). One parse runs at a time, so that the
+event loop competes for the GIL with one parsing thread, not eight, and the counting and
+the UTF-8 decoding run in windows of ``_WINDOW`` bytes: between two C calls the event loop
+gets the GIL, so a stall lasts one window, or one string of the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -82,11 +97,77 @@ async def request_body(request: _Request, *, limit: int, timeout_s: float,
         budget.give(taken)
 
 
+MAX_JSON_VALUES = 100_000
+"""Most JSON values in one body, bounded from above by its count of ``,``, ``[`` and ``{``
+(inside strings too). A body of 128 pairs or 256 images has a few thousand at most, URL
+commas included; 100,000 small values parse in about 10-30 ms."""
+
+MAX_JSON_NUMBER_DIGITS = 64
+"""Longest number accepted (characters): ids are at most 64-digit integers here."""
+
+_PARSING = threading.Lock()
+_WINDOW = 1 << 20
+
+
+def _count_values(raw: bytes | bytearray) -> int:
+    """Commas, brackets and braces in ``raw``: at least the number of values but one."""
+    total = 0
+    for start in range(0, len(raw), _WINDOW):
+        end = start + _WINDOW
+        total += (raw.count(b",", start, end) + raw.count(b"[", start, end)
+                  + raw.count(b"{", start, end))
+    return total
+
+
+def _text(raw: bytes | bytearray) -> str:
+    """``raw`` decoded as ``json.loads`` decodes bytes (UTF-8/16/32, surrogates passed),
+    a window at a time."""
+    decoder = codecs.getincrementaldecoder(json.detect_encoding(raw))("surrogatepass")
+    parts = [decoder.decode(raw[start:start + _WINDOW]) for start in range(0, len(raw),
+                                                                           _WINDOW)]
+    parts.append(decoder.decode(b"", final=True))
+    text = "".join(parts)
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _number(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        if len(text) > MAX_JSON_NUMBER_DIGITS:
+            raise _Refused(f"a number of {len(text)} characters, over the "
+                           f"{MAX_JSON_NUMBER_DIGITS} accepted")
+        return kind(text)
+    return parse
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name}, which is not a JSON number")
+
+
+class _Refused(ValueError):
+    """A value the parser met that the API does not accept."""
+
+
+_PARSE_INT, _PARSE_FLOAT = _number(int), _number(float)
+
+
 def load_json(raw: bytes | bytearray) -> Any:
     """Parse a JSON body (run it off the event loop: it is CPU work in proportion to the
-    body); every failure is a 422 saying why."""
+    body); every failure is a 422 saying why.
+
+    Raises:
+        BadRequest: not JSON, nested too deeply, more than ``MAX_JSON_VALUES`` values, a
+            number over ``MAX_JSON_NUMBER_DIGITS`` characters, ``NaN`` or ``Infinity``.
+    """
     try:
-        return json.loads(raw)
+        with _PARSING:
+            values = _count_values(raw)
+            if values > MAX_JSON_VALUES:
+                raise _Refused(f"about {values} JSON values, over the {MAX_JSON_VALUES} "
+                               "accepted (the API's bodies have a few thousand)")
+            return json.loads(_text(raw), parse_int=_PARSE_INT, parse_float=_PARSE_FLOAT,
+                              parse_constant=_constant)
+    except _Refused as e:
+        raise BadRequest(f"the request body is refused: it has {e}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON: {str(e)[:200]}") from None
     except RecursionError:

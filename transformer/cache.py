@@ -24,7 +24,7 @@ import numpy as np
 
 def cache_key(model_identity: str, data: bytes, partition: bytes = b"") -> bytes:
     """BLAKE2b-128 of the model identity, the client partition (empty when shared) and the
-    image's bytes."""
+    image's bytes (or the hash that identifies them: ``inputs.content_hash``)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(model_identity.encode())
     h.update(b"\0")

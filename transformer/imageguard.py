@@ -19,6 +19,16 @@ pixel. So before ``Image.open``:
   below), 4096 markers and padding bytes before a JPEG's first scan, 4096 GIF sub-blocks
   before its first image. The walk itself is at most that many steps of a few
   microseconds.
+- JPEG scans: a progressive JPEG's decoder makes one pass over the whole image's
+  coefficients per scan, so a small file of hundreds of (nearly empty) scans costs seconds
+  to tens of seconds of CPU (measured: a 139 kB file, 9-23 s, where a baseline JPEG of the
+  size takes 0.11 s). After the first start-of-scan the walk goes on, from marker to
+  marker over the entropy-coded data (one C regex search per marker), and refuses an image
+  of more than ``MAX_JPEG_SCANS`` (100) scans. Encoders write 10 for colour and 6 for gray
+  (libjpeg's ``jpeg_simple_progression``) and rarely more than a few dozen (mozjpeg's
+  scan optimisation); libjpeg-turbo leaves the limit to the application
+  (``TJPARAM_SCANLIMIT``, ``djpeg -maxscans``; its own fuzzers use 500, which still allows
+  a 139 kB file a minute of CPU).
 - BMP: run-length-encoded BMPs (RLE4, RLE8) are refused: Pillow decodes them in Python, at
   about 1.5 s per MB. Other BMPs have fixed-size headers.
 - Formats that are recognised but not accepted are named in the answer with the accepted
@@ -33,12 +43,24 @@ truncated file, a bad length) is left to Pillow, which refuses it as corrupt.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 """What ``Image.open`` may identify the bytes as (Pillow's format names)."""
 
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP"
 MAX_JPEG_STEPS = 4096
 MAX_GIF_SUBBLOCKS = 4096
+MAX_JPEG_SCANS = 100
+"""Most scans (SOS markers) accepted in a JPEG; see the module docstring."""
+MAX_JPEG_MARKERS_AFTER_SCAN = 4096
+"""Most markers (tables, restart intervals, scans) after a JPEG's first scan."""
+_SOF = frozenset((*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC),
+                  *range(0xCD, 0xD0)))  # start of frame (not DHT C4, JPG C8, DAC CC)
+# The next marker in entropy-coded data: 0xFF then neither a stuffed 0x00, a restart
+# marker (D0-D7) nor another fill byte.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _NO_LENGTH = frozenset((0x01, *range(0xD0, 0xD9)))  # JPEG markers without a length field
 _CHUNK_BASE = 1024
 _CHUNK_BYTES = 4096
@@ -138,10 +160,63 @@ def _walk_chunks(data: bytes, pos: int, *, big_endian: bool, name: str) -> str |
     return None
 
 
+@dataclass(frozen=True)
+class JpegFrame:
+    """What a JPEG's frame header and scans say, as far as memory and time go.
+
+    Attributes:
+        scans: start-of-scan markers counted (at most ``MAX_JPEG_SCANS + 1``).
+        progressive: a progressive frame (SOF2, SOF6, SOF10, SOF14).
+        components: per component, its (horizontal, vertical) sampling factors.
+    """
+
+    scans: int
+    progressive: bool
+    components: tuple[tuple[int, int], ...]
+
+    def coefficient_bytes(self, width: int, height: int) -> int:
+        """Bytes of the whole-image DCT coefficient buffers libjpeg keeps for a
+        multi-scan image (2 bytes per coefficient, per component at its own sampling,
+        in whole 8x8 blocks); 0 for a single-scan baseline image, decoded a row of
+        blocks at a time."""
+        if not self.progressive and self.scans <= 1:
+            return 0
+        hmax = max((h for h, _ in self.components), default=1) or 1
+        vmax = max((v for _, v in self.components), default=1) or 1
+        total = 0
+        for h, v in self.components:
+            blocks_x = -(-width * max(h, 1) // (8 * hmax))
+            blocks_y = -(-height * max(v, 1) // (8 * vmax))
+            total += (blocks_x + 1) * (blocks_y + 1) * 64 * 2
+        return total
+
+
 def _walk_jpeg(data: bytes) -> str | None:
     """Markers, padding (0xFF fill) and junk bytes from SOI up to the first SOS, each a
-    step of Pillow's header loop."""
+    step of Pillow's header loop; then the scans, counted (:func:`jpeg_frame`)."""
+    frame = jpeg_frame(data)
+    if isinstance(frame, str):
+        return frame
+    if frame.scans < 0:
+        return (f"JPEG image has more than {MAX_JPEG_MARKERS_AFTER_SCAN} markers after its "
+                "first scan: refused (they cost time to parse)")
+    if frame.scans > MAX_JPEG_SCANS:
+        return (f"JPEG image has more than {MAX_JPEG_SCANS} scans: refused (each scan of a "
+                "progressive JPEG is a decoding pass over the whole image)")
+    return None
+
+
+def jpeg_frame(data: bytes) -> JpegFrame | str:
+    """Walk a JPEG's markers: the frame header's components, and the number of scans
+    (counting stops past ``MAX_JPEG_SCANS``); a string when the walk's budget is spent.
+
+    Cost: at most ``MAX_JPEG_STEPS`` steps before the first scan and
+    ``MAX_JPEG_MARKERS_AFTER_SCAN`` after it, each a C search over the entropy-coded data
+    (about 1 ms per MB).
+    """
     pos, steps, end = 2, 0, len(data)
+    progressive = False
+    components: tuple[tuple[int, int], ...] = ()
     while pos < end:
         steps += 1
         if steps > MAX_JPEG_STEPS:
@@ -151,20 +226,60 @@ def _walk_jpeg(data: bytes) -> str | None:
             pos += 1
             continue
         if pos + 1 >= end:
-            return None
+            break
         marker = data[pos + 1]
         if marker in (0xFF, 0x00):  # fill byte, or an escaped 0xFF
             pos += 1
             continue
         if marker == 0xDA:  # start of scan: the rest is libjpeg's, in C
-            return None
+            return JpegFrame(scans=_count_scans(data, pos), progressive=progressive,
+                             components=components)
         if marker in _NO_LENGTH:  # TEM, RSTn, SOI
             pos += 2
             continue
         if pos + 4 > end:
-            return None
+            break
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _SOF and not components:
+            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            count = data[pos + 9] if pos + 9 < end else 0
+            sampling = data[pos + 10:pos + 10 + 3 * count]
+            components = tuple((b >> 4, b & 15) for b in sampling[1::3])
+        pos += 2 + length
+    return JpegFrame(scans=0, progressive=progressive, components=components)
+
+
+def _count_scans(data: bytes, pos: int) -> int:
+    """Scans from the SOS at ``pos`` on: from marker to marker, skipping each marker
+    segment by its length and each scan's entropy-coded data by a search for the next
+    marker. Stops at EOI, at the end of the data, or past ``MAX_JPEG_SCANS`` scans; -1
+    past ``MAX_JPEG_MARKERS_AFTER_SCAN`` markers."""
+    scans, end = 0, len(data)
+    for _ in range(MAX_JPEG_MARKERS_AFTER_SCAN):
+        if data[pos:pos + 1] != b"\xff":  # not at a marker: find the next one
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                return scans
+            pos = found.start()
+        if pos + 1 >= end:
+            return scans
+        marker = data[pos + 1]
+        if marker == 0xD9:  # end of image
+            return scans
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                return scans
+        if marker in _NO_LENGTH:
+            pos += 2
+            continue
+        if pos + 4 > end:
+            return scans
         pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return None
+    return -1
 
 
 def _walk_gif(data: bytes) -> str | None:

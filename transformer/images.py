@@ -33,8 +33,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Literal
@@ -46,6 +49,7 @@ from PIL import Image
 
 from service_common.wire import IMAGE_SIZE
 
+from .decodebudget import OverBudget, decode_bytes
 from .decoders import native_pixels
 from .imageguard import ACCEPTED, ALLOWED_FORMATS, why_refused
 from .resize import matches_pillow, resize_bicubic
@@ -179,11 +183,11 @@ def _decode_base64(text: str, offset: int, max_bytes: int) -> bytes:
     # write it, goes straight to the C decoder (strict: any other character, misplaced
     # padding or excess data fails it). Anything else takes the lenient path below, which
     # also says what is wrong. Measured: 6.8 ms -> 0.9 ms for a 400 KB string.
-    if len(text) % 4 == 0 and text.find("=", 0, len(text) - 2) == -1:
-        size = len(text) // 4 * 3 - text.endswith("=") - text.endswith("==")
-        if size > max_bytes:
-            raise ImageInputError(
-                f"image is {size / _MB:.1f} MB decoded, over the {max_bytes / _MB:g} MB limit")
+    # The size is the decoded one: a string over the limit only by its length goes on to
+    # the lenient path, which sizes it without its whitespace (MIME base64 wraps lines at
+    # 76 characters: a 19.7 MB image was refused here as 20.2 MB).
+    if (len(text) % 4 == 0 and text.find("=", 0, len(text) - 2) == -1
+            and len(text) // 4 * 3 - text.endswith("=") - text.endswith("==") <= max_bytes):
         try:
             # pybase64 (SIMD): the same bytes as base64.b64decode, about 4x faster
             # (2.2 -> 0.5 ms for 680 KB); stricter, and what it refuses takes the lenient
@@ -217,7 +221,9 @@ def _decode_base64(text: str, offset: int, max_bytes: int) -> bytes:
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 fast: bool = False, impl: DecodeImpl = "native") -> np.ndarray:
+                 fast: bool = False, impl: DecodeImpl = "native",
+                 reserve: Callable[[int], AbstractContextManager[None]] | None = None
+                 ) -> np.ndarray:
     """Decode image bytes to DreamSim's 224x224 RGB input, as uint8.
 
     Steps match DreamSim 0.2.1's ``preprocess`` up to ``ToTensor``: first frame, Pillow
@@ -240,6 +246,12 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             otherwise) and resizes with an exact compiled port of Pillow's bicubic
             (:func:`.resize.resize_bicubic`); ``pillow`` uses Pillow throughout. Both give
             the same bytes (``tests/test_decoders.py``); ``native`` takes less CPU time.
+        reserve: called with the bytes decoding will hold at most
+            (:func:`.decodebudget.decode_bytes`, from the header), before any pixel is
+            decoded; the context it returns is held while decoding and resizing (the
+            budgets of :mod:`.decodebudget`). It may raise
+            :class:`.decodebudget.OverBudget` or ``TimeoutError``, which become an
+            ``ImageInputError``.
 
     Returns:
         A C-contiguous uint8 array of shape ``[3, 224, 224]`` (CHW, RGB).
@@ -260,7 +272,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except Exception:  # any other Pillow failure while reading the header
         raise ImageInputError("truncated or corrupt image data") from None
 
-    with img:
+    with img:  # closed on the way out: its decoded pixels are freed then, not later
         width, height = img.size
         if width <= 0 or height <= 0:
             raise ImageInputError("image has zero width or height")
@@ -270,23 +282,67 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 f"image is {width}x{height} = {width * height} pixels, "
                 f"over the limit of {limit}"
             )
-        pixels = native_pixels(img, data) if impl == "native" and not fast else None
-        if pixels is None:
-            try:
-                img.seek(0)  # first frame of animations (Image.open is already there)
-                if fast and img.format == "JPEG":
-                    img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # scale stays >= the request
-                img.load()
-                rgb = img.convert("RGB")
-            except Image.DecompressionBombError as exc:  # plugins that pick a frame size
-                raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
-            except Exception:  # OSError "image file is truncated", SyntaxError, zlib...
-                raise ImageInputError("truncated or corrupt image data") from None
-            if impl == "pillow" or fast:
-                return _to_chw(_resize_like_torchvision(rgb))
-            pixels = np.asarray(rgb)
+        cost = decode_bytes(img, data)
+        try:
+            with reserve(cost) if reserve is not None else contextlib.nullcontext():
+                return _decode_opened(img, data, max_pixels=max_pixels, fast=fast, impl=impl)
+        except OverBudget as e:
+            raise ImageInputError(f"image is {width}x{height} ({img.mode}): {e.reason}"
+                                  ) from None
+        except TimeoutError:
+            raise ImageInputError(
+                f"image is {width}x{height} ({img.mode}): no decoding memory was free "
+                "before the request's deadline") from None
 
+
+def _decode_opened(img: Image.Image, data: bytes, *, max_pixels: int, fast: bool,
+                   impl: DecodeImpl) -> np.ndarray:
+    """The checked, opened ``img`` decoded, converted and resized; ``img`` is closed (its
+    pixels freed) as soon as they are converted, before the resize."""
+    pixels = native_pixels(img, data) if impl == "native" and not fast else None
+    if pixels is None:
+        try:
+            img.seek(0)  # first frame of animations (Image.open is already there)
+            if fast and img.format == "JPEG":
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # scale stays >= the request
+            img.load()
+            if impl == "pillow" or fast:
+                rgb = img.convert("RGB")
+            else:
+                pixels = _rgb_array(img)
+        except Image.DecompressionBombError as exc:  # plugins that pick a frame size
+            raise ImageInputError(_bomb_reason(exc, max_pixels)) from None
+        except Exception:  # OSError "image file is truncated", SyntaxError, zlib...
+            raise ImageInputError("truncated or corrupt image data") from None
+        img.close()
+        if pixels is None:
+            return _to_chw(_resize_like_torchvision(rgb))
+    img.close()
     return _chw(_resize(pixels))
+
+
+_STRIP_PIXELS = 1 << 20
+"""Pixels converted at a time by :func:`_rgb_array` (a strip of about 4 MB)."""
+
+
+def _rgb_array(img: Image.Image) -> np.ndarray:
+    """``np.asarray(img.convert("RGB"))``, converted a strip of rows at a time into one
+    array: ``[H, W]`` for gray ``L`` (R = G = B), else ``[H, W, 3]``.
+
+    Converting to RGB is per pixel, so strips give the same values as the whole image;
+    what it saves is memory: the whole-image way holds Pillow's 4-byte RGB copy and
+    ``tobytes``' chunks and their join (another 6 bytes per pixel) beside the decoded image.
+    """
+    width, height = img.size
+    gray = img.mode == "L"
+    out = np.empty((height, width) if gray else (height, width, 3), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // width)
+    for top in range(0, height, rows):
+        strip = img.crop((0, top, width, min(height, top + rows)))
+        if strip.mode != ("L" if gray else "RGB"):
+            strip = strip.convert("RGB")
+        out[top:top + rows] = np.asarray(strip)
+    return out
 
 
 def _bomb_reason(exc: Exception, max_pixels: int) -> str:

@@ -3,11 +3,16 @@
 Base64 parsing and decoding run in a thread pool (Pillow releases the GIL while it
 decodes and resizes), URLs are fetched concurrently with a global bound; both are shared
 fairly between requests (``fairness.py``: a per-request bound on fetches, round-robin
-between requests for the decode threads); every failure is
-collected so that the client learns about all of them in one answer. Images whose
-embedding is in the cache are not decoded; images that decode to the same pixels are
-embedded once. Each distinct image is handed to a ``ChunkSender`` as soon as it is
-decoded, so that the predictor can start on the first chunk while the rest decode.
+between requests for the decode threads); every failure is collected so that the client
+learns about all of them in one answer. Inputs are identified by a hash of their bytes, not
+by the string that carried them: the same image as base64 with or without line breaks or
+padding, as a data URI or from a URL is decoded once, and while it is being decoded every
+other request for the same bytes waits for that one decode instead of starting its own
+(per cache partition). Images whose embedding is in the cache are not decoded; images that
+decode to the same pixels are embedded once. Decoding holds memory from the request's and
+the pod's budgets (:mod:`.decodebudget`). Each distinct image is handed to a
+``ChunkSender`` as soon as it is decoded, so that the predictor can start on the first
+chunk while the rest decode.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from . import budget, fairness, metrics
 from .cache import EmbeddingCache, cache_key
+from .decodebudget import MemoryBudget, reserved
 from .errors import ImageErrors
 from .fetch import FetchError, fetch_image_bytes
 from .images import ImageInputError, decode_image, parse_image_input
@@ -96,6 +102,24 @@ class _Rows:
         return row
 
 
+_HASH_ON_LOOP = 1 << 20
+"""Inputs up to this size are hashed on the event loop (about 1 ms); larger on a thread."""
+
+
+def content_hash(data: bytes) -> bytes:
+    """What identifies an input: BLAKE2b-128 of its bytes."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class _Flight:
+    """A decode in progress and how many loads wait for it (the last one to give up
+    cancels it, so a timed-out request's queued decode still does not run)."""
+
+    def __init__(self, task: asyncio.Future[tuple[np.ndarray, bytes]]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
 class ImageLoader:
     """Loads the distinct images of a request.
 
@@ -114,6 +138,9 @@ class ImageLoader:
         self.cache = cache if cache is not None else EmbeddingCache(0)
         self._url_slots = asyncio.Semaphore(settings.url_fetch_concurrency)
         self._threads = fairness.FairExecutor(executor, workers=settings.decode_workers)
+        self._decode_memory = MemoryBudget(settings.max_decodes_in_flight_bytes,
+                                           what="the service", setting="MAX_DECODES_IN_FLIGHT_MB")
+        self._decoding: dict[tuple[bytes, bytes], _Flight] = {}  # (partition, content hash)
 
     async def _fetch(self, url: str) -> bytes:
         # The request's budget (when there is one) counts every byte received; waiting for
@@ -132,19 +159,52 @@ class ImageLoader:
             finally:
                 metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, bytes]:
-        """Pixels, and a digest of them (for deduplication), in a pool thread."""
+    def _decode(self, data: bytes, memory: Sequence[MemoryBudget],
+                deadline: float) -> tuple[np.ndarray, bytes]:
+        """Pixels, and a digest of them (for deduplication), in a pool thread, holding the
+        image's decoding memory from ``memory`` (waiting for it until ``deadline``)."""
         started = time.perf_counter()
         try:
             pixels = decode_image(data, max_pixels=self.settings.max_image_pixels,
                                   fast=self.settings.decode_mode == "fast",
-                                  impl=self.settings.decode_impl)
+                                  impl=self.settings.decode_impl,
+                                  reserve=lambda n: reserved(n, memory, deadline))
             return pixels, hashlib.blake2b(pixels.data, digest_size=16).digest()
         finally:
             metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
 
+    def _landed(self, key: tuple[bytes, bytes], task: asyncio.Future[Any]) -> None:
+        """Forget a finished decode (unless a newer one for the same key took its place)."""
+        flight = self._decoding.get(key)
+        if flight is not None and flight.task is task:
+            del self._decoding[key]
+
+    async def _decode_once(self, data: bytes, content: bytes, partition: bytes,
+                           memory: Sequence[MemoryBudget]) -> tuple[np.ndarray, bytes]:
+        """``_decode(data)``, shared with every load of the same bytes (and partition)
+        that starts while it runs."""
+        key = (partition, content)
+        flight = self._decoding.get(key)
+        if flight is None or flight.task.cancelled():  # none, or given up by all its waiters
+            spent = budget.current()
+            deadline = (spent.deadline if spent is not None
+                        else time.monotonic() + self.settings.request_timeout)
+            # the decode threads in its request's turn (fairness.py); shared with every
+            # waiter of the same bytes
+            task = asyncio.ensure_future(self._threads.run(self._decode, data, memory,
+                                                           deadline))
+            flight = self._decoding[key] = _Flight(task)
+            task.add_done_callback(partial(self._landed, key))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()
+
     async def _load_one(self, value: str, model_identity: str | None,
-                        partition: bytes) -> _Source:
+                        partition: bytes, memory: Sequence[MemoryBudget]) -> _Source:
         s = self.settings
         try:
             ref = await self._threads.run(
@@ -165,14 +225,16 @@ class ImageLoader:
             if isinstance(e, ImageInputError):
                 raise
             raise ImageInputError(f"unusable image reference: {str(e)[:200]}") from None
+        content = (content_hash(data) if len(data) <= _HASH_ON_LOOP
+                   else await asyncio.to_thread(content_hash, data))
         key = None
         if self.cache.enabled and model_identity:
-            key = cache_key(model_identity, data, partition)
+            key = cache_key(model_identity, content, partition)
             cached = self.cache.get(key)
             (metrics.CACHE_HITS if cached is not None else metrics.CACHE_MISSES).inc()
             if cached is not None:
                 return _Source(key=key, embedding=cached)
-        pixels, digest = await self._threads.run(self._decode, data)
+        pixels, digest = await self._decode_once(data, content, partition, memory)
         return _Source(key=key, pixels=pixels, digest=digest)
 
     async def load(self, plan: InputPlan, pair_ids: Sequence[PairId], *,
@@ -194,9 +256,11 @@ class ImageLoader:
             ImageErrors: listing each failing (pair or image, field), when any input fails.
         """
         rows = _Rows(sender if sender is not None else ChunkSender(None, chunk_images=0))
+        memory = (MemoryBudget(self.settings.max_request_decode_bytes, what="one request",
+                               setting="MAX_REQUEST_DECODE_MB"), self._decode_memory)
 
         async def load_one(value: str) -> tuple[str, int, np.ndarray | None]:
-            source = await self._load_one(value, model_identity, cache_partition)
+            source = await self._load_one(value, model_identity, cache_partition, memory)
             if source.pixels is not None:  # on the event loop: no race between digests
                 return "pixels", rows.add(source), None
             return "cached", 0, source.embedding

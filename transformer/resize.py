@@ -185,8 +185,27 @@ def resize_bicubic(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return lines.reshape(height, width) if gray else lines.reshape(height, width, 3)
 
 
+_STRIP_BYTES = 4 << 20
+"""Bytes of source rows the horizontal pass transposes at a time: rows are independent in
+that pass, so strips give the same result, and a whole-image transpose would hold a copy
+of the image (268 MB at the pixel limit) beside it."""
+
+
 def _horizontal(img: np.ndarray, channels: int, width: int) -> np.ndarray:
-    """Pillow's horizontal pass: ``[rows, W, C>=channels]`` to ``[rows, width * channels]``.
+    """Pillow's horizontal pass: ``[rows, W, C>=channels]`` to ``[rows, width * channels]``,
+    a strip of rows at a time (:data:`_STRIP_BYTES`)."""
+    rows, in_w = img.shape[0], img.shape[1]
+    step = max(1, _STRIP_BYTES // max(1, in_w * channels))
+    if rows <= step:
+        return _horizontal_strip(img, channels, width)
+    out = np.empty((rows, width * channels), dtype=np.uint8)
+    for top in range(0, rows, step):
+        out[top:top + step] = _horizontal_strip(img[top:top + step], channels, width)
+    return out
+
+
+def _horizontal_strip(img: np.ndarray, channels: int, width: int) -> np.ndarray:
+    """The horizontal pass over some rows.
 
     The rows are transposed so that the weighted sums run along the last axis, then the
     result is transposed back.

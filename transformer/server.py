@@ -40,7 +40,7 @@ from .body import load_json, request_body
 from .budget import RequestBudget, spending
 from .cache import EmbeddingCache, partition_of
 from .decoders import warm_up as warm_up_decoders
-from .embeddings import ImagePlan, embeddings_in_order, plan_images
+from .embeddings import ImagePlan, RenderedList, plan_images, render_embeddings
 from .errors import (
     BadRequest,
     ClientGone,
@@ -280,12 +280,13 @@ class SimilarityTransformer(Model):
         if isinstance(request, EmbedRequest):
             assert isinstance(plan, ImagePlan)
             info = await self._model_info()
-            embeddings = embeddings_in_order(result.embeddings, plan, result.images.rows,
-                                             [image.id for image in request.images],
-                                             request.encoding)
-            answer: dict[str, Any] = {
-                "embeddings": [e.model_dump() for e in embeddings],
-                "model_type": info["model_type"], "dim": info["embedding_dim"]}
+            # Rendered to JSON text on a thread, each distinct embedding once: 256 vectors
+            # through pydantic and json.dumps held the event loop for seconds.
+            rendered = await asyncio.to_thread(
+                render_embeddings, result.embeddings, plan, result.images.rows,
+                [image.id for image in request.images], request.encoding)
+            answer: dict[str, Any] = {"embeddings": rendered, "model_type": info["model_type"],
+                                      "dim": info["embedding_dim"]}
         else:
             assert isinstance(plan, PairPlan)
             ids = [p.pair_id for p in request.pairs]
@@ -445,8 +446,18 @@ class SafeJSONResponse(JSONResponse):
     error reason, say) can never make encoding the answer fail."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False,
-                          separators=(",", ":")).encode("ascii")
+        rendered = ({k: v for k, v in content.items() if isinstance(v, RenderedList)}
+                    if isinstance(content, dict) else {})
+        if not rendered:
+            return _dumps(content).encode("ascii")
+        # Fields already rendered (``embeddings.RenderedList``) are spliced in as text.
+        rest = _dumps({k: v for k, v in content.items() if k not in rendered})
+        head = ",".join(f"{_dumps(k)}:{v.text}" for k, v in rendered.items())
+        return ("{" + head + ("," + rest[1:] if rest != "{}" else "}")).encode("ascii")
+
+
+def _dumps(content: Any) -> str:
+    return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

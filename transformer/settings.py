@@ -31,6 +31,15 @@ class TransformerSettings(LogSettings):
                                      description="largest image accepted, from any source")
     max_image_pixels: int = Field(89_478_485, ge=1,
                                   description="largest decoded image (width x height)")
+    max_request_decode_mb: float = Field(
+        1024.0, gt=0, le=65536,
+        description="bytes one request's images may hold while decoding, at once, computed "
+                    "from each header before decoding (an image needing more alone: 422; "
+                    "the request's images otherwise wait for each other)")
+    max_decodes_in_flight_mb: float = Field(
+        1536.0, gt=0, le=262144,
+        description="bytes all images being decoded may hold at once over the pod; a decode "
+                    "waits for room (within its request's deadline)")
     decode_workers: int = Field(default_factory=usable_cpus, ge=1, le=256,
                                 description="threads decoding images in parallel (default: "
                                             "the CPUs usable, container limit included)")
@@ -141,6 +150,13 @@ class TransformerSettings(LogSettings):
                              "or a request of the largest size could never be read")
         return self
 
+    @model_validator(mode="after")
+    def _decodes_fit(self) -> TransformerSettings:
+        if self.max_decodes_in_flight_mb < self.max_request_decode_mb:
+            raise ValueError("MAX_DECODES_IN_FLIGHT_MB must be at least MAX_REQUEST_DECODE_MB, "
+                             "or an image one request may decode could never be decoded")
+        return self
+
     @property
     def allowed_networks(self) -> tuple[IPNetwork, ...]:
         """``url_allowed_networks`` parsed (validated at start-up)."""
@@ -149,6 +165,14 @@ class TransformerSettings(LogSettings):
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_size_mb * _MB)
+
+    @property
+    def max_request_decode_bytes(self) -> int:
+        return int(self.max_request_decode_mb * _MB)
+
+    @property
+    def max_decodes_in_flight_bytes(self) -> int:
+        return int(self.max_decodes_in_flight_mb * _MB)
 
     @property
     def max_body_bytes(self) -> int:

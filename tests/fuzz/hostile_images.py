@@ -1,13 +1,17 @@
-"""Images that are small to send and expensive to open: one or two pixels, and megabytes
-of metadata blocks that Pillow parses one at a time in Python (issue 10, finding 4).
+"""Images that are small to send and expensive to open.
 
-One builder per accepted format (PNG, JPEG, WebP, GIF, BMP) plus TIFF, which is refused
-outright. Shared by tests/fuzz/test_hostile_images.py and bench/worst_case.py.
+``HOSTILE``: one or two pixels, and megabytes of metadata blocks that Pillow parses one at a
+time in Python (issue 10, finding 4), one builder per accepted format (PNG, JPEG, WebP,
+GIF, BMP) plus TIFF, which is refused outright, and a progressive JPEG of thousands of
+scans (issue 19, item 4). ``MEMORY_HOSTILE``: a few bytes that decode to hundreds of
+megabytes (issue 19, item 3). Shared by tests/fuzz/test_hostile_images.py and
+bench/worst_case.py.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -124,6 +128,23 @@ def tiff_strip_offsets(size: int) -> bytes:
             + struct.pack("<I", 1) * n + b"\x00\x00")
 
 
+def jpeg_many_scans(size: int, *, side: int = 1024, scans: int | None = None) -> bytes:
+    """A valid progressive JPEG of ``side`` x ``side`` whose last scan (an AC refinement,
+    with its Huffman table) is repeated until the file is about ``size`` bytes (or has
+    ``scans`` scans, at least its own 10): each scan is a decoding pass over the whole
+    image (libjpeg warns about the repeated refinement and goes on, as Pillow lets it)."""
+    img = Image.linear_gradient("L").resize((side, side)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=75, progressive=True)
+    data = buf.getvalue()
+    sos = [m.start() for m in re.finditer(rb"\xff\xda", data)]
+    eoi = data.rindex(b"\xff\xd9")
+    table = data.rfind(b"\xff\xc4", sos[-2], sos[-1])
+    scan = data[table if table > 0 else sos[-1]:eoi]
+    repeats = scans - len(sos) if scans is not None else (size - len(data)) // len(scan)
+    return data[:eoi] + scan * max(0 if scans is not None else 1, repeats) + data[eoi:]
+
+
 HOSTILE: dict[str, Callable[[int], bytes]] = {
     "png-text-chunks": png_text_chunks,
     "png-empty-idats": png_empty_idats,
@@ -135,5 +156,45 @@ HOSTILE: dict[str, Callable[[int], bytes]] = {
     "webp-unknown-chunks": webp_unknown_chunks,
     "bmp-rle8": bmp_rle8,
     "tiff-strip-offsets": tiff_strip_offsets,
+    "jpeg-many-scans": jpeg_many_scans,
 }
 """Builders: ``HOSTILE[name](size_in_bytes)`` -> the image's bytes."""
+
+MAX_SIDE = 9459
+"""9459^2 = 89,472,681 pixels, just under the default ``MAX_IMAGE_PIXELS`` (89,478,485)."""
+
+
+def bmp_tiny_huge(side: int = MAX_SIDE) -> bytes:
+    """A 118-byte 24-bit BMP header that declares ``side`` x ``side`` pixels and carries
+    64 of their bytes: Pillow allocates the whole image before it finds the data short."""
+    header = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    data = b"\x00" * 64
+    return b"BM" + struct.pack("<IHHI", 54 + 3 * side * side, 0, 0, 54) + header + data
+
+
+def gif_huge_canvas(side: int = MAX_SIDE) -> bytes:
+    """A 35-byte GIF: a ``side`` x ``side`` logical screen (canvas) with one 1x1 image;
+    Pillow makes the first frame the size of the canvas."""
+    screen = struct.pack("<6sHHBBB", b"GIF89a", side, side, 0x80, 0, 0)  # 2-colour table
+    palette = b"\x00\x00\x00\xff\xff\xff"
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return screen + palette + image + b"\x3b"
+
+
+def png16_rgba(side: int = MAX_SIDE) -> bytes:
+    """A ``side`` x ``side`` 16-bit RGBA PNG of zeros (about 700 kB at the pixel limit):
+    16-bit images take Pillow's path, not the native decoders."""
+    row = b"\x00" * (1 + 8 * side)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+MEMORY_HOSTILE: dict[str, Callable[[], bytes]] = {
+    "bmp-118-bytes": bmp_tiny_huge,
+    "gif-35-bytes-huge-canvas": gif_huge_canvas,
+    "png-16bit-rgba-max-pixels": png16_rgba,
+}
+"""Builders of images that are small to send and large to decode (at the pixel limit)."""

@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.fuzz.hostile_images import HOSTILE
-from transformer.imageguard import ALLOWED_FORMATS, chunk_budget, why_refused
+from tests.fuzz.hostile_images import HOSTILE, jpeg_many_scans
+from transformer.imageguard import (
+    ALLOWED_FORMATS,
+    MAX_JPEG_SCANS,
+    JpegFrame,
+    chunk_budget,
+    jpeg_frame,
+    why_refused,
+)
 from transformer.images import ImageInputError, decode_image
 
 SIZE = 1_000_000  # 1 MB each: Pillow spends 0.6-2 s on most of these (20 MB: ~30 s)
@@ -30,6 +37,7 @@ REASONS = {
     "webp-unknown-chunks": "WebP image has more than 1268 chunks for its",
     "bmp-rle8": "run-length encoded BMP images are not accepted",
     "tiff-strip-offsets": "TIFF images are not accepted (accepted: PNG, JPEG, WebP, GIF, BMP)",
+    "jpeg-many-scans": "JPEG image has more than 100 scans",
 }
 
 
@@ -80,6 +88,31 @@ def test_real_images_stay_within_the_budgets(fmt: str) -> None:
     data = buf.getvalue()
     assert why_refused(data) is None, fmt
     assert decode_image(data).shape == (3, 224, 224)
+
+
+def _scans(n: int) -> bytes:
+    """A 256 x 256 progressive JPEG of exactly ``n`` scans (n >= 10)."""
+    return jpeg_many_scans(0, side=256, scans=n)
+
+
+def test_jpeg_scans_are_counted_up_to_the_limit() -> None:
+    # Each scan of a progressive JPEG is a pass over the whole image (issue 19, item 4):
+    # the walk goes on past the first start-of-scan and counts them.
+    frame = jpeg_frame(_scans(MAX_JPEG_SCANS))
+    assert isinstance(frame, JpegFrame) and frame.scans == MAX_JPEG_SCANS and frame.progressive
+    assert why_refused(_scans(MAX_JPEG_SCANS)) is None
+    assert decode_image(_scans(MAX_JPEG_SCANS)).shape == (3, 224, 224)
+    reason = why_refused(_scans(MAX_JPEG_SCANS + 1))
+    assert reason == ("JPEG image has more than 100 scans: refused (each scan of a "
+                      "progressive JPEG is a decoding pass over the whole image)")
+    # Real encoders: libjpeg's simple progression, baseline, restart markers, gray.
+    for kwargs, mode, scans in ((dict(progressive=True), "RGB", 10), ({}, "RGB", 1),
+                                (dict(progressive=True, restart_marker_blocks=2), "RGB", 10),
+                                (dict(progressive=True), "L", 6)):
+        buf = io.BytesIO()
+        _photo((300, 200)).convert(mode).save(buf, "JPEG", **kwargs)
+        found = jpeg_frame(buf.getvalue())
+        assert isinstance(found, JpegFrame) and found.scans == scans, (kwargs, mode, found)
 
 
 def test_animated_webp_with_many_frames_is_accepted() -> None:

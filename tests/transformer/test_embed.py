@@ -7,9 +7,12 @@ upstream layout, ``tests/checkpoints.py``); the pure helpers are tested without 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
+import json
 import re
+import threading
 import time
 
 import httpx
@@ -19,13 +22,19 @@ import pytest
 from predictor.layout import VARIANTS
 from tests.conftest import ImageHost
 from tests.test_e2e import b64, distinct_images
+from transformer import embeddings as embeddings_module
 from transformer.embeddings import (
     decode_embedding,
     embeddings_in_order,
     encode_embedding,
     plan_images,
+    render_embeddings,
 )
-from transformer.schemas import EmbedImage
+from transformer.inputs import LoadedImages
+from transformer.pipeline import ChunkSender
+from transformer.schemas import EmbedImage, EmbedRequest
+from transformer.server import Batch, SafeJSONResponse, SimilarityTransformer
+from transformer.settings import TransformerSettings
 
 IMAGES = distinct_images(6, size=160)
 SMALL = [b64(x) for x in distinct_images(2, size=64)]  # under the strict service's 50 kB
@@ -68,6 +77,54 @@ def test_answers_follow_the_request_order_through_rows() -> None:
 
 
 # --- against the real service --------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+def test_rendered_answer_is_the_json_of_the_models(encoding: str) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3, 1792)).astype(np.float32)
+    plan = plan_images([EmbedImage(image=x) for x in ("a", "b", "a", "c", "a")])
+    ids = ["x", 7, None, "caf\u00e9 \u2028", 10 ** 30]
+    rendered = render_embeddings(vectors, plan, [2, 0, 1], ids, encoding)  # type: ignore[arg-type]
+    models = embeddings_in_order(vectors, plan, [2, 0, 1], ids, encoding)  # type: ignore[arg-type]
+    assert len(rendered) == 5
+    assert rendered.text == json.dumps([m.model_dump() for m in models], ensure_ascii=True,
+                                       allow_nan=False, separators=(",", ":"))
+    body = json.loads(bytes(SafeJSONResponse({"embeddings": rendered, "model_type": "m", "dim": 1792,
+                                        "processing_time_ms": 1.5}).body))
+    assert list(body) == ["embeddings", "model_type", "dim", "processing_time_ms"]
+    assert body["embeddings"] == [m.model_dump() for m in models]
+
+
+def test_embed_answers_are_rendered_off_the_loop_each_vector_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 256 copies of one image (issue 19, item 10): before, pydantic models and json.dumps
+    # rendered 256 x 1,792 numbers on the event loop, 1.9-3.1 s of probe latency.
+    encoded: list[str] = []
+    real = embeddings_module.encode_embedding
+
+    def counted(vector: np.ndarray, encoding: str) -> object:
+        encoded.append(threading.current_thread().name)
+        return real(vector, encoding)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(embeddings_module, "encode_embedding", counted)
+    service = SimilarityTransformer("dreamsim", TransformerSettings(),
+                                    predictor_host="127.0.0.1:1")
+    service.predictor_info = {"model_type": "dino_vitb16", "embedding_dim": 4}
+    request = EmbedRequest(images=[EmbedImage(image="a", id=i) for i in range(256)])
+    plan = plan_images(request.images)
+    images = LoadedImages(sender=ChunkSender(None, chunk_images=0), keys=[],
+                          cached=np.empty((0, 0), np.float32), rows=[0])
+    batch = Batch(request=request, plan=plan, images=images, model_identity=None,
+                  embeddings=np.ones((1, 4), np.float32) / 2)
+
+    async def main() -> tuple[dict[str, object], str]:
+        return await service.postprocess(batch), threading.current_thread().name
+
+    result, loop_thread = asyncio.run(main())
+    assert len(encoded) == 1 and encoded[0] != loop_thread  # once, on a thread
+    body = json.loads(bytes(SafeJSONResponse(result).body))
+    assert body["embeddings"] == [{"embedding": [0.5] * 4, "id": i} for i in range(256)]
+
 
 def _counter(metrics_text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", metrics_text, re.MULTILINE)

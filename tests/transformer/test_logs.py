@@ -92,3 +92,27 @@ def test_json_lines_with_debug_detail(tmp_path: Path) -> None:
     assert len(probes) >= 4 and all(r["level"] == "DEBUG" for r in probes)
     trace = [r for r in records if r["logger"] == "kserve.trace"]
     assert trace and all(r["level"] == "DEBUG" for r in trace)
+
+
+HOSTILE_URL = "http://localhost/a\u2028FORGED\u2029b\x85c\x9b31md\u202eevil\u2066e"
+"""A URL the transformer refuses (localhost is a blocked address) and logs, with the
+characters that split or disguise a log line (issue 19, item 9)."""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_client_strings_are_escaped_in_the_log(tmp_path: Path, fmt: str) -> None:
+    log = tmp_path / "transformer.log"
+    with transformer(log, {"LOG_FORMAT": fmt}) as url:
+        r = httpx.post(f"{url}/similarity", timeout=60, json={"pairs": [
+            {"reference_image": HOSTILE_URL, "generated_image": IMAGES[0]}]})
+        assert r.status_code == 422, r.text
+    text = log.read_text(encoding="utf-8", errors="surrogateescape")
+    refused = [line for line in text.split("\n") if "URL refused" in line]
+    assert len(refused) == 1, text
+    for char in "\u2028\u2029\x85\x9b\u202e\u2066":
+        assert char not in text, (repr(char), refused)
+    assert all(line.isprintable() for line in text.split("\n"))
+    if fmt == "json":
+        assert HOSTILE_URL in json.loads(refused[0])["message"]  # exactly, once parsed
+    else:
+        assert ("a\\u2028FORGED\\u2029b\\x85c\\x9b31md\\u202eevil\\u2066e" in refused[0])
