@@ -89,8 +89,9 @@ def test_rendered_answer_is_the_json_of_the_models(encoding: str) -> None:
     assert len(rendered) == 5
     assert rendered.text == json.dumps([m.model_dump() for m in models], ensure_ascii=True,
                                        allow_nan=False, separators=(",", ":"))
-    body = json.loads(bytes(SafeJSONResponse({"embeddings": rendered, "model_type": "m", "dim": 1792,
-                                        "processing_time_ms": 1.5}).body))
+    response = SafeJSONResponse({"embeddings": rendered, "model_type": "m", "dim": 1792,
+                                 "processing_time_ms": 1.5})
+    body = json.loads(bytes(response.body))
     assert list(body) == ["embeddings", "model_type", "dim", "processing_time_ms"]
     assert body["embeddings"] == [m.model_dump() for m in models]
 
