@@ -20,7 +20,7 @@ build() {
   fi
   echo "[build] $name: building $pkg ($stamp) ..."
   local t0=$SECONDS
-  (cd "$dir" && nice -n 10 go build -p "$JOBS" -trimpath "$@" -o "$BIN/$name.tmp" "$pkg")
+  (cd "$dir" && nice -n "${CLUSTERLAB_NICE:-10}" go build -p "$JOBS" -trimpath "$@" -o "$BIN/$name.tmp" "$pkg")
   mv "$BIN/$name.tmp" "$BIN/$name"
   echo "$stamp" > "$BIN/$name.stamp"
   local dt=$((SECONDS - t0))
@@ -34,14 +34,15 @@ k8s() {
   ld+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
   ld+=" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
   ld+=" -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+  for c in ${K8S_COMPONENTS:-kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy}; do
     build "$c" "k8s.io/kubernetes@$v" "$here/go/k8s" "k8s.io/kubernetes/cmd/$c" -ldflags "$ld"
   done
 }
 etcd() { build etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "$here/go/etcd" go.etcd.io/etcd/server/v3 -ldflags "-s -w"; }
 coredns() { build coredns "github.com/coredns/coredns@$COREDNS_VERSION" "$here/go/coredns" github.com/coredns/coredns -ldflags "-s -w"; }
 kserve() { build kserve-manager "github.com/kserve/kserve@$KSERVE_VERSION" "$here/go/kserve" github.com/kserve/kserve/cmd/manager -ldflags "-s -w"; }
+kube_router() { build kube-router "github.com/cloudnativelabs/kube-router/v2@$KUBE_ROUTER_VERSION" "$here/go/kube-router" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router -ldflags "-s -w"; }
 pause() { build pause "clusterlab-pause@$(sha256sum "$here/pause/main.go" | cut -c1-12)" "$here/pause" . -ldflags "-s -w"; }
 
-targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(pause etcd k8s kserve coredns)
+targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(pause etcd k8s kserve coredns kube_router)
 for t in "${targets[@]}"; do "$t"; done

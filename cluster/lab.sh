@@ -206,7 +206,7 @@ control_plane() {
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SVC_CIDR" --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction --allow-privileged=false \
-    --profiling=false --v=1
+    --enable-aggregator-routing=true --profiling=false --v=1
   wait_for kube-apiserver 180 kc get --raw /readyz
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$LAB_ETC/controller-manager.kubeconfig" \
@@ -514,6 +514,7 @@ kserve() {
       kc patch "$w" --type=json -p "${patch%,}]" >/dev/null
     done
   done
+  [[ ${LAB_TIER:-B} == A ]] && { kserve_host; return 0; }
   # kube-rbac-proxy (metrics only) is not on the Go module proxy: drop that sidecar; the
   # manager and its webhooks are upstream's, unchanged.
   local idx; idx=$(kc -n kserve get deploy kserve-controller-manager -o jsonpath='{range .spec.template.spec.containers[*]}{.name}{"\n"}{end}' | grep -n kube-rbac-proxy | cut -d: -f1 || true)
@@ -523,6 +524,39 @@ kserve() {
   fi
   wait_for "KServe controller" 300 kc -n kserve wait --for=condition=Available deploy/kserve-controller-manager --timeout=2s
   wait_for "KServe webhook endpoint" 120 bash -c "kc() { '$BIN/kubectl' \"\$@\"; }; kc -n kserve get endpointslices -l kubernetes.io/service-name=kserve-webhook-server-service -o jsonpath='{.items[*].endpoints[*].addresses[0]}' | grep -q ."
+}
+
+# Tier A (no kubelet): KServe's manager as a host process with the same flags and env as
+# its Deployment; the webhook Service's endpoint is this node's address (the API server
+# routes webhooks to endpoints: --enable-aggregator-routing).
+kserve_host() {
+  local certs=$LAB_RUN/kserve-tmp/k8s-webhook-server/serving-certs
+  mkdir -p "$certs"
+  cp "$PKI/kserve-webhook.crt" "$certs/tls.crt"; cp "$PKI/kserve-webhook.key" "$certs/tls.key"
+  kc -n kserve scale deploy kserve-controller-manager --replicas=0 >/dev/null
+  # the selector would let the endpoints controller empty our Endpoints
+  kc -n kserve patch service kserve-webhook-server-service --type=json \
+    -p '[{"op":"remove","path":"/spec/selector"}]' >/dev/null 2>&1 || true
+  kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kserve-webhook-server-service, namespace: kserve}
+subsets: [{addresses: [{ip: "$NODE_IP"}], ports: [{port: 9443}]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kserve-webhook-server-service-host
+  namespace: kserve
+  labels: {kubernetes.io/service-name: kserve-webhook-server-service, endpointslice.kubernetes.io/managed-by: clusterlab}
+addressType: IPv4
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+ports: [{port: 9443, protocol: TCP}]
+EOF
+  POD_NAMESPACE=kserve SECRET_NAME=kserve-webhook-server-cert TMPDIR=$LAB_RUN/kserve-tmp \
+    KUBECONFIG=$KUBECONFIG start kserve-manager "$BIN/kserve-manager" \
+    --metrics-addr=127.0.0.1:18080 --health-probe-addr=127.0.0.1:18081
+  wait_for "KServe manager (host process)" 180 curl -fsS http://127.0.0.1:18081/readyz
 }
 
 # ---------------------------------------------------------------- down
@@ -540,6 +574,7 @@ down() {
   stop_pid containerd
   # containerd-shim processes of containerd #2 (their command line names our state dir).
   for p in $(pgrep -f "containerd-shim.*-address $CTR_SOCK" 2>/dev/null || true); do kill -KILL "$p" 2>/dev/null || true; done
+  stop_pid kserve-manager
   stop_pid kube-scheduler; stop_pid kube-controller-manager; stop_pid kube-apiserver; stop_pid etcd
   # Mounts under the lab's dirs (pod volumes, overlay rootfs, netns, shm), deepest first.
   for m in $(awk '{print $2}' /proc/mounts | grep -E "^($LAB_ROOT|$LAB_RUN)/" | sort -r); do
