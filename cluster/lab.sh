@@ -195,6 +195,11 @@ etcd_() {
 
 control_plane() {
   etcd_
+  apiserver_
+  kcm_scheduler
+}
+
+apiserver_() {
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 --advertise-address="$NODE_IP" --bind-address="$NODE_IP" \
     --secure-port=6443 --client-ca-file="$PKI/ca.crt" \
@@ -207,7 +212,11 @@ control_plane() {
     --service-cluster-ip-range="$SVC_CIDR" --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction --allow-privileged=false \
     --enable-aggregator-routing=true --profiling=false --v=1
-  wait_for kube-apiserver 180 kc get --raw /readyz
+  wait_for kube-apiserver 300 curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" \
+    --key "$PKI/admin.key" "$APISERVER/readyz"
+}
+
+kcm_scheduler() {
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$LAB_ETC/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$LAB_ETC/controller-manager.kubeconfig" \
@@ -577,7 +586,7 @@ down() {
   stop_pid kserve-manager
   stop_pid kube-scheduler; stop_pid kube-controller-manager; stop_pid kube-apiserver; stop_pid etcd
   # Mounts under the lab's dirs (pod volumes, overlay rootfs, netns, shm), deepest first.
-  for m in $(awk '{print $2}' /proc/mounts | grep -E "^($LAB_ROOT|$LAB_RUN)/" | sort -r); do
+  for m in $(awk '{print $2}' /proc/mounts | grep -E "^($LAB_ROOT|$LAB_RUN)/" | sort -r || true); do
     umount -l "$m" 2>/dev/null || true
   done
   for ns in /run/netns/cni-*; do
@@ -587,7 +596,7 @@ down() {
   # iptables: kube-proxy's chains, then ours.
   [[ -x $BIN/kube-proxy ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   for t in filter nat mangle; do
-    iptables -t "$t" -S 2>/dev/null | grep -- '--comment clusterlab' | sed 's/^-A /-D /' | while read -r r; do
+    { iptables -t "$t" -S 2>/dev/null | grep -- '--comment clusterlab' || true; } | sed 's/^-A /-D /' | while read -r r; do
       eval "iptables -t $t $r" 2>/dev/null || true
     done
   done
@@ -597,7 +606,7 @@ down() {
     find "$h$CGROUP_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
-  ip link show 2>/dev/null | grep -o 'veth[0-9a-f]*@' | tr -d @ | while read -r v; do
+  { ip link show 2>/dev/null | grep -o 'veth[0-9a-f]*@' || true; } | tr -d @ | while read -r v; do
     ip -d link show "$v" 2>/dev/null | grep -q 'link-netns cni-' && ip link del "$v" 2>/dev/null || true
   done
   if [[ -f $LAB_RUN/sysctl.saved ]]; then
