@@ -8,6 +8,7 @@
 #   cluster/lab.sh down     stop and remove everything `up` started (pods, processes, mounts,
 #                           iptables rules, cgroups, the dummy interface, sysctls it changed)
 #   cluster/lab.sh status   what runs; the kubeconfig path
+#   LAB_TIER=A cluster/lab.sh up   control plane + KServe's manager as a host process only
 #
 # Why host processes: this machine has cgroup v1 only, no privileged containers and no
 # negative oom_score_adj (CLUSTER.md §1), so kind's node containers cannot run; the kubelet
@@ -632,6 +633,12 @@ status() {
 }
 
 up() {
+  if [[ ${LAB_TIER:-B} == A ]]; then  # control plane + KServe's manager, no kubelet
+    K8S_COMPONENTS="kube-apiserver kubectl" "$here/build.sh" pause etcd k8s kserve
+    host_setup; pki; etcd_; apiserver_; kserve
+    log "cluster (Tier A) up in $((SECONDS - t_start))s; KUBECONFIG=$KUBECONFIG"
+    return 0
+  fi
   "$here/build.sh"
   host_setup
   pki

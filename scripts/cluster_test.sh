@@ -7,6 +7,8 @@
 #      test checkpoint into a PVC, installs the chart with cluster/values/chart-lab.yaml, and
 #      runs the install, traffic, fault and day-two tests;
 #   3. tears everything down, also on Ctrl-C or failure, unless CLUSTER_KEEP=1.
+# LAB_TIER=A: control plane + KServe's manager only (no kubelet): the object-level tests run,
+# the pod-level ones skip saying so.
 # Needs root (processes, iptables, cgroups, mounts) and the package registries on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."

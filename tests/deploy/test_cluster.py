@@ -280,7 +280,9 @@ def installed(weights: Path) -> Iterator[bool]:
         yield pods_run
     finally:
         if os.environ.get("CLUSTER_KEEP") != "1" and os.environ.get("KIND_KEEP") != "1":
-            subprocess.run(kubectl_cmd("delete", "namespace", NAMESPACE, "--wait=true",
+            # without a controller-manager (Tier A) a namespace never finishes terminating
+            wait = "--wait=true" if _nodes_ready() else "--wait=false"
+            subprocess.run(kubectl_cmd("delete", "namespace", NAMESPACE, wait,
                                        "--timeout=300s"), capture_output=True, timeout=360)
 
 
