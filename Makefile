@@ -14,7 +14,7 @@ export MODEL_CACHE_DIR MODEL_TYPE
 DINOV2_PKG := dinov2==0.0.1.dev2
 
 .PHONY: help install install-test run test test-fast bench-test lint weights bench clean tools \
-	kind-test browser image-test image-clean
+	kind-test browser image-test image-clean cluster-up cluster-down cluster-test
 
 help:
 	@echo "make run      install what is needed, fetch missing weights, then start predictor + transformer on 127.0.0.1:$(PORT)"
@@ -91,6 +91,19 @@ bench-test: $(VENV)/.installed-test
 # Needs docker, kind, kubectl and internet (see docs/deploy.md); deletes its cluster at the end.
 kind-test: $(VENV)/.installed-test tools
 	PY=$(PY) scripts/kind_test.sh
+
+# The cluster lab (cluster/, docs/deploy.md "Tested on"): a single-node Kubernetes built from
+# upstream Go modules, with KServe's own controller, as host processes on this machine (root).
+# Not part of `make test`. cluster-up/-down are for working by hand; cluster-test brings it
+# up, runs tests/deploy/test_cluster.py and tears it all down (CLUSTER_KEEP=1 keeps it).
+cluster-up: $(VENV)/.installed-test tools
+	PY=$(PY) scripts/cluster_up.sh
+
+cluster-down:
+	scripts/cluster_down.sh
+
+cluster-test: $(VENV)/.installed-test tools
+	PY=$(PY) scripts/cluster_test.sh
 
 # Both images built and run as the chart runs them (docs/images.md); not part of `make test`
 # (a cold run takes longer than CI can spare, see docs/images.md). Installs and starts a

@@ -1,0 +1,3 @@
+module imagesim.local/clusterlab/pause
+
+go 1.24.0
