@@ -46,7 +46,8 @@ from tests.procs import REPO_ROOT
 
 VARIANTS = ["ensemble", "dino_vitb16", "dinov2_vitb14", "clip_vitb32", "open_clip_vitb32",
             "synclr_vitb16", "dino_vitb16_patch", "dinov2_vitb14_patch"]
-PUBLIC = {("POST", "/similarity"), ("POST", "/embed"), ("GET", "/health")}
+PUBLIC = {("POST", "/similarity"), ("POST", "/embed"), ("GET", "/health"),
+          ("POST", "/v1/embeddings"), ("GET", "/v1/models")}
 ROUTE_KINDS = {"Ingress", "HTTPRoute"}
 ROUTE_SETS = ["default", "httproute", "ingress-tls"]
 VISIBILITY = "networking.kserve.io/visibility"
