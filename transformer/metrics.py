@@ -1,7 +1,7 @@
 """Prometheus metrics of the transformer, served on KServe's ``/metrics``.
 
-Images of ``/embed`` requests count in the image, decode, fetch, cache and predictor
-metrics like those of ``/similarity``. KServe adds per-model
+Images of ``/embed`` and ``/v1/embeddings`` requests count in the image, decode, fetch,
+cache and predictor metrics like those of ``/similarity``. KServe adds per-model
 ``request_preprocess_seconds`` / ``request_predict_seconds`` /
 ``request_postprocess_seconds``; these cover the public API.
 """
@@ -22,6 +22,13 @@ EMBED_REQUEST_SECONDS = Histogram("embed_request_seconds", "POST /embed wall tim
                                   buckets=_TIME_BUCKETS)
 EMBED_IMAGES = Histogram("embed_images_per_request", "Images per /embed request",
                          buckets=(1, 2, 5, 10, 20, 50, 100, 256, 512, 1024))
+OPENAI_REQUESTS = Counter("openai_embeddings_requests_total", "POST /v1/embeddings answers",
+                          ["code"])
+OPENAI_REQUEST_SECONDS = Histogram("openai_embeddings_request_seconds",
+                                   "POST /v1/embeddings wall time", buckets=_TIME_BUCKETS)
+OPENAI_IMAGES = Histogram("openai_embeddings_images_per_request",
+                          "Images per /v1/embeddings request",
+                          buckets=(1, 2, 5, 10, 20, 50, 100, 256, 512, 1024))
 DECODE_SECONDS = Histogram("similarity_image_decode_seconds", "Decoding one image",
                            buckets=_TIME_BUCKETS)
 FETCH_SECONDS = Histogram("similarity_url_fetch_seconds", "Fetching one URL",

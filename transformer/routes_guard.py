@@ -8,6 +8,11 @@ take the model out of service. None of them is part of the public API (README, "
 rather than repeat every limit on each of them, an allow-list refuses everything else with a
 404 and a JSON body saying what is served, before the body is read.
 
+The OpenAI-compatible routes (``POST /v1/embeddings``, ``GET /v1/models``,
+``transformer.openai_api``) share the ``/v1`` prefix with KServe's v1 protocol: exactly
+those two paths are let through (the transformer's own routes, registered before KServe's,
+answer them), and KServe's ``/v1/models/{name}``, ``:predict`` and ``:explain`` stay refused.
+
 Allowed: the public routes, what the probes and Prometheus need (``/v2/health/live``,
 ``/v2/health/ready``, ``/v2/models/{name}/ready``, ``/metrics``) and ``/openapi.json``,
 which documents the public routes only (``public_openapi``).
@@ -31,7 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PATHS = ("/similarity", "/embed", "/health")
+PUBLIC_PATHS = ("/similarity", "/embed", "/health", "/v1/embeddings", "/v1/models")
 """The public API (README, "API"); the Ingress/HTTPRoute expose these and nothing else."""
 
 PROBE_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics")
@@ -55,8 +60,9 @@ def is_allowed(path: str) -> bool:
 def refusal(method: str, path: str) -> dict[str, str]:
     """The body of the 404 for a path that is not served."""
     return {"detail": f"{method} {path[:200]} is not served here: the API is POST "
-                      "/similarity, POST /embed and GET /health (KServe's generic inference "
-                      "and model-repository routes are turned off on the transformer)"}
+                      "/similarity, POST /embed, GET /health, POST /v1/embeddings and GET "
+                      "/v1/models (KServe's generic inference and model-repository routes "
+                      "are turned off on the transformer)"}
 
 
 class RoutesGuard:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from service_common import logs, wire
 
-from . import access_log, metrics, routes_guard
+from . import access_log, metrics, openai_api, routes_guard
 from .admission import Admission, ByteBudget
 from .body import load_json, request_body
 from .budget import RequestBudget, spending
@@ -487,13 +487,24 @@ def set_service(service: SimilarityTransformer | None) -> None:
     _service = service
 
 
-def _error_response(e: ServiceError) -> JSONResponse:
-    return SafeJSONResponse(e.body(), status_code=e.status_code, headers=e.headers())
+def _error_response(e: ServiceError, route: _Route | None = None) -> JSONResponse:
+    body = route.error_body(e) if route is not None else e.body()
+    return SafeJSONResponse(body, status_code=e.status_code, headers=e.headers())
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (408, 413, 422, 429, 502, 503, 504)
 }
+
+
+async def _run_service(service: SimilarityTransformer, parsed: Any,
+                       headers: dict[str, str]) -> dict[str, Any]:
+    result, _ = await service(parsed, headers=headers)
+    return result  # type: ignore[no-any-return]
+
+
+def _error_body(e: ServiceError) -> dict[str, Any]:
+    return e.body()
 
 
 @dataclass(frozen=True)
@@ -506,12 +517,35 @@ class _Route:
     requests: Any  # metrics: answers by code
     seconds: Any  # metrics: wall time
     items: Any  # metrics: items per answered request
+    # The parsed request through the model pipeline to the answer's body.
+    run: Callable[[SimilarityTransformer, Any, dict[str, str]],
+                  Awaitable[dict[str, Any]]] = _run_service
+    error_body: Callable[[ServiceError], dict[str, Any]] = _error_body  # an error's body
+    timed: bool = True  # add processing_time_ms to the answer
 
 
 _SIMILARITY = _Route("/similarity", SimilarityTransformer.parse, "scores", metrics.REQUESTS,
                      metrics.REQUEST_SECONDS, metrics.PAIRS)
 _EMBED = _Route("/embed", SimilarityTransformer.parse_embed, "embeddings",
                 metrics.EMBED_REQUESTS, metrics.EMBED_REQUEST_SECONDS, metrics.EMBED_IMAGES)
+
+
+async def _run_openai(service: SimilarityTransformer, parsed: openai_api.ParsedEmbeddings,
+                      headers: dict[str, str]) -> dict[str, Any]:
+    """``/v1/embeddings``: the model name checked (before any image is touched), then
+    exactly ``/embed``'s pipeline, its result in OpenAI's shape."""
+    info = await service._model_info()
+    openai_api.check_model(parsed, model_type=info["model_type"], dim=info["embedding_dim"])
+    result = await _run_service(service, parsed.embed, headers)
+    return openai_api.answer(result, inputs=len(parsed.embed.images))
+
+
+_OPENAI = _Route(openai_api.EMBEDDINGS_PATH,
+                 lambda service, body: openai_api.parse(
+                     body, limit=service.settings.max_images_per_request),
+                 "data", metrics.OPENAI_REQUESTS, metrics.OPENAI_REQUEST_SECONDS,
+                 metrics.OPENAI_IMAGES, run=_run_openai, error_body=openai_api.error_body,
+                 timed=False)
 
 
 async def _serve(request: Request, route: _Route) -> JSONResponse:
@@ -527,27 +561,26 @@ async def _serve(request: Request, route: _Route) -> JSONResponse:
             headers[CACHE_CLIENT] = client
 
         async def process(parsed: Any) -> dict[str, Any]:
-            result, _ = await service(parsed, headers=headers)
-            return result  # type: ignore[no-any-return]
+            return await route.run(service, parsed, headers)
 
         result = await service.admit(request, lambda body: route.parse(service, body),
                                      process)
     except ClientGone as e:  # a normal event: a line and a count, no traceback
         log.info("%s", e.detail)
         metrics.CLIENT_DISCONNECTS.inc()
-        return _observed(_error_response(e), started, route)
+        return _observed(_error_response(e, route), started, route)
     except ServiceError as e:
         if e.status_code >= 500:
             log.warning("answering %d: %s%s", e.status_code, e.detail,
                         f" ({e.log_detail})" if e.log_detail else "")
-        return _observed(_error_response(e), started, route)
+        return _observed(_error_response(e, route), started, route)
     except Exception:  # a bug: log it in full, answer without a traceback
         log.exception("unexpected error in %s", route.path)
-        return _observed(SafeJSONResponse(
-            ErrorResponse(detail="internal error; see the server log").model_dump(),
-            status_code=500), started, route)
+        return _observed(_error_response(
+            ServiceError("internal error; see the server log"), route), started, route)
     elapsed = time.perf_counter() - started
-    result["processing_time_ms"] = round(elapsed * 1000, 3)
+    if route.timed:
+        result["processing_time_ms"] = round(elapsed * 1000, 3)
     route.items.observe(len(result[route.items_key]))
     return _observed(SafeJSONResponse(result), started, route)
 
@@ -574,6 +607,37 @@ async def similarity(request: Request) -> JSONResponse:
 async def embed(request: Request) -> JSONResponse:
     """The normalised DreamSim embedding of each image, in request order."""
     return await _serve(request, _EMBED)
+
+
+_OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": openai_api.OpenAIErrorResponse}
+    for code in (404, 408, 413, 422, 429, 502, 503, 504)
+}
+
+
+@app.post(openai_api.EMBEDDINGS_PATH, response_model=openai_api.OpenAIEmbeddingResponse,
+          responses=_OPENAI_ERRORS,
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": _inline_refs(
+                  openai_api.OpenAIEmbeddingRequest.model_json_schema())}}}})
+async def openai_embeddings(request: Request) -> JSONResponse:
+    """OpenAI-compatible embeddings of images: POST /embed in OpenAI's shape."""
+    return await _serve(request, _OPENAI)
+
+
+@app.get(openai_api.MODELS_PATH, response_model=openai_api.OpenAIModelList,
+         responses={code: {"model": openai_api.OpenAIErrorResponse} for code in (502, 503, 504)})
+async def openai_models() -> JSONResponse:
+    """OpenAI's model list: the DreamSim variant served, with its embedding size."""
+    try:
+        if _service is None:
+            raise PredictorUnavailable("the service is starting", retry_after_s=5)
+        info = await _service._model_info()
+        body = openai_api.model_list(model_type=info["model_type"], dim=info["embedding_dim"],
+                                     max_images=_service.settings.max_images_per_request)
+    except ServiceError as e:
+        return _error_response(e, _OPENAI)
+    return SafeJSONResponse(body)
 
 
 @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})

@@ -102,7 +102,8 @@ def test_httproute() -> None:
             len("/dreamsim"):]
         assert rule["backendRefs"] == [{"name": "image-similarity-transformer", "port": 80}]
     assert seen == {("POST", "/dreamsim/similarity"), ("POST", "/dreamsim/embed"),
-                    ("GET", "/dreamsim/health")}
+                    ("GET", "/dreamsim/health"), ("POST", "/dreamsim/v1/embeddings"),
+                    ("GET", "/dreamsim/v1/models")}
 
 
 def test_ingress_tls() -> None:
@@ -111,7 +112,8 @@ def test_ingress_tls() -> None:
                                    "hosts": ["similarity.example.com"]}]
     (rule,) = ing["spec"]["rules"]
     assert rule["host"] == "similarity.example.com"
-    assert {p["path"] for p in rule["http"]["paths"]} == {"/similarity", "/embed", "/health"}
+    assert {p["path"] for p in rule["http"]["paths"]} == {"/similarity", "/embed", "/health",
+                                                          "/v1/embeddings", "/v1/models"}
     assert all(p["backend"]["service"] == {"name": "image-similarity-transformer",
                                            "port": {"number": 80}}
                for p in rule["http"]["paths"])

@@ -46,7 +46,8 @@ from tests.deploy.render import (
 from tests.procs import REPO_ROOT
 
 VARIANTS = sorted(LAYOUT_VARIANTS)  # the one table of the eight names (predictor/layout.py)
-PUBLIC = {("POST", "/similarity"), ("POST", "/embed"), ("GET", "/health")}
+PUBLIC = {("POST", "/similarity"), ("POST", "/embed"), ("GET", "/health"),
+          ("POST", "/v1/embeddings"), ("GET", "/v1/models")}
 ROUTE_KINDS = {"Ingress", "HTTPRoute"}
 ROUTE_SETS = ["default", "httproute", "ingress-tls"]
 VISIBILITY = "networking.kserve.io/visibility"

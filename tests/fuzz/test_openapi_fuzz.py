@@ -1,7 +1,8 @@
 """OpenAPI-driven fuzzing of the public routes, and hostile raw bodies, against real servers.
 
 The transformer's ``/openapi.json`` lists the public routes only; the public API
-(``POST /similarity``, ``POST /embed``, ``GET /health``) is fuzzed. Schemathesis generates
+(``POST /similarity``, ``POST /embed``, ``GET /health``, ``POST /v1/embeddings``,
+``GET /v1/models``) is fuzzed. Schemathesis generates
 requests from the document, both schema-valid (positive) and schema-invalid (negative), and
 checks: no 5xx, documented status codes and content types, bodies that match the documented
 schemas, and negative data refused. Then hand-written hostile bodies, each of which must get
@@ -38,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-PUBLIC_PATHS = ("/similarity", "/embed", "/health")
+PUBLIC_PATHS = ("/similarity", "/embed", "/health", "/v1/embeddings", "/v1/models")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
@@ -102,7 +103,7 @@ def api_schema(openapi_doc: dict[str, Any]) -> schemathesis.BaseSchema:
     # The document as served: no repair, so a schema that clients could not use fails here
     # as it fails test_public_routes_refs_resolve.
     schema = schemathesis.openapi.from_dict(openapi_doc)
-    return schema.include(path_regex=r"^/(similarity|embed|health)$")
+    return schema.include(path_regex=r"^/(similarity|embed|health|v1/embeddings|v1/models)$")
 
 
 @pytest.mark.parametrize(("path", "method", "mode", "examples"), [
@@ -111,8 +112,11 @@ def api_schema(openapi_doc: dict[str, Any]) -> schemathesis.BaseSchema:
     ("/embed", "POST", GenerationMode.POSITIVE, 100),
     ("/embed", "POST", GenerationMode.NEGATIVE, 100),
     ("/health", "GET", GenerationMode.POSITIVE, 5),
+    ("/v1/embeddings", "POST", GenerationMode.POSITIVE, 60),
+    ("/v1/embeddings", "POST", GenerationMode.NEGATIVE, 60),
+    ("/v1/models", "GET", GenerationMode.POSITIVE, 5),
 ], ids=["similarity-positive", "similarity-negative", "embed-positive", "embed-negative",
-        "health"])
+        "health", "openai-positive", "openai-negative", "openai-models"])
 def test_schemathesis(service_url: str, api_schema: schemathesis.BaseSchema, path: str,
                       method: str, mode: GenerationMode, examples: int) -> None:
     operation = api_schema[path][method]
@@ -130,14 +134,15 @@ def test_schemathesis(service_url: str, api_schema: schemathesis.BaseSchema, pat
     print(f"{path} {mode.value}: {len(statuses)} requests, statuses "
           f"{ {s: statuses.count(s) for s in sorted(set(statuses))} }")
     # the fuzzer did reach the service (GET /health has one possible request)
-    assert len(statuses) >= (1 if path == "/health" else examples // 2)
+    assert len(statuses) >= (1 if method == "GET" else examples // 2)
 
 
 def test_only_public_routes_are_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
     operations = list(api_schema.get_all_operations())
     assert all(isinstance(op, Ok) for op in operations), operations  # no unparsable route
     labels = sorted(op.ok().label for op in operations if isinstance(op, Ok))
-    assert labels == ["GET /health", "POST /embed", "POST /similarity"]
+    assert labels == ["GET /health", "GET /v1/models", "POST /embed", "POST /similarity",
+                      "POST /v1/embeddings"]
 
 
 # --- hostile raw bodies --------------------------------------------------------------------

@@ -39,8 +39,12 @@ GENERIC = [
     ("POST", "/v2/models/dreamsim/versions/1/infer", V2_BODY),
     ("POST", "/v2/repository/models/dreamsim/unload", None),
     ("POST", "/v2/repository/models/dreamsim/load", None),
-    ("GET", "/v1/models", None),
     ("GET", "/v1/models/dreamsim", None),
+    ("GET", "/v1/models/dino_vitb16", None),
+    # KServe's OpenAI data plane (when vLLM is installed) and OpenAI routes not served
+    ("POST", "/openai/v1/embeddings", {"model": "dreamsim", "input": IMAGES}),
+    ("GET", "/openai/v1/models", None),
+    ("POST", "/v1/chat/completions", {"model": "dreamsim", "messages": []}),
     ("GET", "/v2", None),
     ("GET", "/v2/models", None),
     ("GET", "/v2/models/dreamsim", None),
@@ -79,10 +83,22 @@ def test_probes_metrics_and_public_routes_still_answer(url: str) -> None:
     assert httpx.get(f"{url}/v2/models/dreamsim/ready", timeout=30).status_code == 200
 
 
+def test_openai_routes_are_ours_not_kserves(url: str) -> None:
+    """``GET /v1/models`` is KServe's v1 model list too: the transformer's own route answers
+    (in OpenAI's shape; the fake predictor names no model, so that is a 502)."""
+    r = httpx.get(f"{url}/v1/models", timeout=30)
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["code"] == "predictor_failed" and "models" not in r.json()
+    r = httpx.post(f"{url}/v1/embeddings", json={"model": "dreamsim", "input": IMAGES},
+                   timeout=60)
+    assert r.status_code == 502 and r.json()["error"]["type"] == "server_error", r.text
+
+
 def test_openapi_documents_only_the_public_routes(url: str) -> None:
     doc = httpx.get(f"{url}/openapi.json", timeout=30).json()
     assert {"/similarity", "/health"} <= set(doc["paths"])
-    assert set(doc["paths"]) <= {"/similarity", "/health", "/embed"}, sorted(doc["paths"])
+    assert set(doc["paths"]) <= {"/similarity", "/health", "/embed", "/v1/embeddings",
+                                 "/v1/models"}, sorted(doc["paths"])
     # this service's version and a description that points at what exists (no API.md)
     import importlib.metadata
 
@@ -96,9 +112,11 @@ def test_guard_allow_list() -> None:
     from transformer.routes_guard import is_allowed, is_probe
 
     assert all(is_allowed(p) for p in ("/similarity", "/embed", "/health", "/metrics",
-                                       "/v2/health/live", "/v2/models/x/ready"))
+                                       "/v2/health/live", "/v2/models/x/ready",
+                                       "/v1/embeddings", "/v1/models"))
     assert not any(is_allowed(p) for p in ("/v2/models/x/infer", "/v2/models/x/ready/",
                                            "/v2/models/x/y/ready", "/similarity/",
-                                           "/v1/models/x:predict"))
+                                           "/v1/models/x:predict", "/v1/models/x",
+                                           "/v1/models/", "/v1/embeddings/"))
     assert is_probe("/health") and not is_probe("/similarity")
 

@@ -116,6 +116,8 @@ exposes: [method, path] pairs.
 - [POST, /similarity]
 - [POST, /embed]
 - [GET, /health]
+- [POST, /v1/embeddings]
+- [GET, /v1/models]
 {{- end }}
 
 {{/* Path of a public route under route.pathPrefix: call with (list $ "/similarity"). */}}
