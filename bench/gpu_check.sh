@@ -43,6 +43,13 @@ if [ -n "$missing" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 [ -z "$missing" ] || echo "gpu-check: still missing: $missing (the steps needing them will fail)"
 echo "gpu-check: $PY, environment ready in $(( $(date +%s) - started )) s"
-# 8 minutes in all; the driver's own caps keep each step inside its share.
+# 8 minutes in all (times --caps-scale, for CPU mode on a slow machine); the driver's own
+# caps keep each step inside its share, this is the safety net.
+scale=1
+args=("$@")
+for i in "${!args[@]}"; do
+  [ "${args[$i]}" = --caps-scale ] && scale=${args[$((i + 1))]:-1}
+done
+limit=$(python3 -c "print(int(480 * float('$scale')) - $(( $(date +%s) - started )))")
 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} exec timeout --signal=INT --kill-after=10 \
-  $(( 480 - ($(date +%s) - started) )) "$PY" -m bench.gpu_check --out "$OUT" "$@"
+  "$limit" "$PY" -m bench.gpu_check --out "$OUT" "$@"

@@ -17,8 +17,9 @@ Parameter names follow the upstream checkpoints so their state dicts load unchan
 
 Differences from upstream, none of which changes the result beyond float rounding:
 attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
-where available), no forward hooks, and, where the feature is read from the CLS token
-only, the last block computes only the CLS token.
+where available), no forward hooks, where the feature is read from the CLS token only,
+the last block computes only the CLS token, and the input normalisation is folded into
+the patch embedding's (fp32) convolution at load time (``ViT.fold_input_normalization``).
 """
 
 from __future__ import annotations

@@ -517,3 +517,62 @@ def test_a_sticky_cuda_error_makes_the_predictor_unready_and_exit() -> None:
             await model.predict(request())  # refused at once until the restart
 
     asyncio.run(main())
+
+
+# --- the server's CUDA glue, on the stand-in ---------------------------------------------------
+
+
+def _cuda_predictor(monkeypatch: pytest.MonkeyPatch, tiny: TinyEmbedder, *, capture_fails: bool
+                    ) -> Any:
+    """A DreamSimPredictor whose loaded model claims cuda:0 (torch.cuda stubbed: it stands
+    in for a GPU named "Stand-in GPU") and whose device primitives are FakeGpuOps."""
+    from predictor import server
+    from predictor.settings import PredictorSettings
+
+    monkeypatch.setattr(server, "CudaOps", lambda device: FakeGpuOps())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Stand-in GPU")
+    if capture_fails:
+        def failing(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        monkeypatch.setattr(server, "GraphForward", failing)
+    model = server.DreamSimPredictor("dreamsim", PredictorSettings(batch_size_limit=8))
+    model.loaded = SimpleNamespace(  # type: ignore[assignment]
+        device=torch.device("cuda", 0), embedder=tiny, attention="flash",
+        dtype=torch.float16)
+    return model
+
+
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_cuda_runner_uses_graphs_or_falls_back_to_eager_and_warms_every_bucket(
+        tiny: TinyEmbedder, monkeypatch: pytest.MonkeyPatch, capture_fails: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    model = _cuda_predictor(monkeypatch, tiny, capture_fails=capture_fails)
+    with caplog.at_level(logging.WARNING, logger="predictor"):
+        model._runner = model._make_runner()
+    assert isinstance(model._runner, StagedRunner)
+    assert model.buckets == (1, 2, 4, 8)
+    assert model.graphs is not capture_fails
+    assert ("running eagerly" in caplog.text) is capture_fails
+    sizes: list[int] = []
+    real_run = model._runner.run
+
+    def run(parts: list[np.ndarray]) -> np.ndarray:
+        sizes.append(sum(len(p) for p in parts))
+        return real_run(parts)
+
+    model._runner.run = run  # type: ignore[method-assign]
+    model._warm_up()
+    assert sizes == [1, 2, 4, 8]  # every bucket that will be served, through the real path
+    parts = [_images(3, 9), _images(6, 10)]  # 9 images: chunks of 8 and 1
+    assert np.abs(model._embed(parts) - _eager(tiny, np.concatenate(parts))).max() < 1e-5
+
+
+def test_describe_on_cuda_names_the_gpu(tiny: TinyEmbedder,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _cuda_predictor(monkeypatch, tiny, capture_fails=False)
+    model.graphs = True
+    info = model.describe()
+    assert info["device"] == "cuda" and info["device_index"] == 0
+    assert info["gpu_name"] == "Stand-in GPU" and info["attention_backend"] == "flash"
+    assert info["precision"] == "fp16" and info["cuda_graphs"] is True
