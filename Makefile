@@ -58,7 +58,7 @@ bench: $(VENV)/.installed-test
 # The GPU path in one command, within 8 minutes: bench/results/gpu-check/summary.md and
 # figures.json. No venv prerequisite: a lent GPU machine has its own Python and torch and
 # no network (bench/gpu_check.sh picks the Python). CPU mode here:
-#   DEVICE=cpu make gpu-check GPU_CHECK_ARGS='--tiny --caps-scale 4'
+#   DEVICE=cpu make gpu-check GPU_CHECK_ARGS='--tiny --caps-scale 10'
 gpu-check:
 	bench/gpu_check.sh $(GPU_CHECK_ARGS)
 

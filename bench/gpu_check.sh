@@ -11,7 +11,7 @@
 # steps that need them fail and say so, and the others still run.
 #
 #   make gpu-check                                    # on a GPU machine
-#   DEVICE=cpu make gpu-check GPU_CHECK_ARGS='--tiny --caps-scale 4'   # CPU mode
+#   DEVICE=cpu make gpu-check GPU_CHECK_ARGS='--tiny --caps-scale 10'   # CPU mode
 #   bench/gpu_check.sh --dry-run                      # the steps and their caps
 set -euo pipefail
 cd "$(dirname "$0")/.."

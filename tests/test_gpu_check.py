@@ -95,8 +95,8 @@ def test_cpu_mode_runs_end_to_end(tmp_path: Path, dino_weights_dir: Path) -> Non
     out = tmp_path / "gpu-check"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--tiny",
-         "--caps-scale", "6", "--out", str(out), "--cache-dir", str(dino_weights_dir)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+         "--caps-scale", "10", "--out", str(out), "--cache-dir", str(dino_weights_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=4000)
     figures = json.loads((out / "figures.json").read_text())
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:], figures["status"])
     assert all(v.startswith("ok") for v in figures["status"].values()), figures["status"]
@@ -105,7 +105,7 @@ def test_cpu_mode_runs_end_to_end(tmp_path: Path, dino_weights_dir: Path) -> Non
     assert all(r["images_per_s"] > 0 and r["pct_peak"] is None for r in figures["model"]["rows"])
     svc = figures["service"]
     assert svc["health"]["device"] == "cpu" and svc["health"]["attention_backend"]
-    assert svc["latency_30_pairs_p50_s"] > 0 and svc["clients"]["pairs"] == 2
+    assert svc["latency_30_pairs_p50_s"] > 0 and svc["clients"]["pairs"] == 2 * 1 * 2
     assert figures["fidelity"]["fp32_vs_upstream_max"] < 1e-5
     assert [g["met"] for g in figures["goals"]] == [False, False, False]  # a CPU, tiny
     summary = (out / "summary.md").read_text()

@@ -576,3 +576,33 @@ def test_describe_on_cuda_names_the_gpu(tiny: TinyEmbedder,
     assert info["device"] == "cuda" and info["device_index"] == 0
     assert info["gpu_name"] == "Stand-in GPU" and info["attention_backend"] == "flash"
     assert info["precision"] == "fp16" and info["cuda_graphs"] is True
+
+
+# --- the same on a real GPU (make gpu-check runs these; skipped without CUDA) ---------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_real_graphs_and_staging_match_eager() -> None:
+    """CUDA graphs per bucket, pinned staging and two callers at once on a real GPU give
+    the CPU's fp32 embeddings (IEEE fp32 on both: TF32 off)."""
+    from predictor.runner import CudaOps
+
+    device = resolve_device("cuda", fallback=False)
+    precision_policy(torch.float32)
+    cpu_model = TinyEmbedder().eval()
+    model = TinyEmbedder().eval().to(device)
+    ops = CudaOps(device)
+    staged = StagedRunner(GraphForward(model, bucket_sizes(8), ops), model,  # type: ignore[arg-type]
+                          ops=ops, max_batch=8, slots=2)
+    parts = [_images(3, 11), _images(7, 12)]
+    expected = _eager(cpu_model, np.concatenate(parts))
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(staged.run(parts)))
+               for _ in range(2)]  # two batches in flight at once
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2
+    for got in results:
+        assert np.abs(got - expected).max() < 1e-4
