@@ -202,7 +202,11 @@ def step_gpu_tests(c: Check) -> dict[str, Any]:
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|"
                                                 r"deselected)", tail[0])}
     (c.out / "gpu_tests.log").write_text(proc.stdout + proc.stderr)
-    return {"returncode": proc.returncode, "counts": counts, "last_line": tail[0]}
+    result = {"returncode": proc.returncode, "counts": counts, "last_line": tail[0]}
+    if proc.returncode not in (0, 5):  # 5: nothing collected; otherwise failures or no pytest
+        c.figures["gpu_tests"] = result
+        raise RuntimeError(f"pytest -m gpu exited {proc.returncode}: {tail[0]}")
+    return result
 
 
 def _sync(device: Any) -> None:
