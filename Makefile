@@ -14,7 +14,7 @@ export MODEL_CACHE_DIR MODEL_TYPE
 DINOV2_PKG := dinov2==0.0.1.dev2
 
 .PHONY: help install install-test run test test-fast bench-test lint weights bench clean tools \
-	kind-test browser image-test image-clean cluster-up cluster-down cluster-test
+	kind-test browser image-test image-clean cluster-up cluster-down cluster-test gpu-check
 
 help:
 	@echo "make run      install what is needed, fetch missing weights, then start predictor + transformer on 127.0.0.1:$(PORT)"
@@ -25,6 +25,7 @@ help:
 	@echo "make tools    install helm and checkov into .tools/ (make test does it too)"
 	@echo "make kind-test  build the images, deploy on a throw-away kind cluster, run the cluster tests"
 	@echo "make image-test build both images and test them as the chart runs them (needs root: Docker)"
+	@echo "make gpu-check  measure the GPU path in one command (8 minutes; bench/gpu_check.sh)"
 
 $(VENV)/.installed-runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +56,13 @@ weights: $(VENV)/.installed-runtime
 # the knobs. Honours DEVICE, PRECISION, MODEL_TYPE, MODEL_CACHE_DIR, BATCH_SIZE_LIMIT.
 bench: $(VENV)/.installed-test
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The GPU path in one command, within 8 minutes: bench/results/gpu-check/summary.md and
+# figures.json. No venv prerequisite: a lent GPU machine has its own Python and torch and
+# no network (bench/gpu_check.sh picks the Python). CPU mode here:
+#   DEVICE=cpu make gpu-check GPU_CHECK_ARGS='--tiny --caps-scale 10'
+gpu-check:
+	bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,13 @@ import torch
 from torch import nn
 
 from .checkpoint import WeightsError, check_files, load_backbone_state, load_lora, merge_lora
+from .device import (
+    DeviceError,
+    PrecisionPolicy,
+    attention_backend,
+    precision_policy,
+    resolve_device,
+)
 from .layout import Variant, get_variant
 from .vit import ViT
 
@@ -26,14 +33,6 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``cuda`` falls back to ``cpu`` with a warning when no GPU is usable."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("DEVICE=%s requested but CUDA is not available; running on CPU", requested)
-        return torch.device("cpu")
-    return torch.device(requested)
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -118,6 +117,10 @@ class DreamSimEmbedder(nn.Module):
     def embed(self, images: torch.Tensor, *, batch_size: int) -> torch.Tensor:
         """Embed any number of images in chunks of at most ``batch_size``; fp32 on CPU.
 
+        The CPU path of the server and the direct API (tests, benches). On CUDA the server
+        runs ``predictor.runner.StagedRunner`` instead (pinned staging, streams, graphs);
+        this one copies synchronously from pageable memory.
+
         Out of device memory, the chunk is halved and retried (down to one image), so a
         request that fits at a smaller chunk never fails; the smaller size is kept for the
         rest of the call.
@@ -154,32 +157,44 @@ class LoadedModel:
         device: where it runs.
         dtype: the weights' dtype.
         load_seconds: wall time of loading (files to ready weights, before warm-up).
+        policy: the float policy set for ``dtype`` (TF32 and reductions).
+        attention: the SDPA backend serving the model's attention (``flash``, ...).
     """
 
     embedder: DreamSimEmbedder
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    policy: PrecisionPolicy
+    attention: str
 
 
-def load_model(*, cache_dir: Path | str, variant: str, device: str, precision: str) -> LoadedModel:
+def load_model(*, cache_dir: Path | str, variant: str, device: str, precision: str,
+               fallback: bool = True, fold_input: bool = True) -> LoadedModel:
     """Load a DreamSim variant from an upstream-layout cache, LoRA merged.
 
     Args:
         cache_dir: MODEL_CACHE_DIR, in the layout ``dreamsim(cache_dir=...)`` leaves.
         variant: MODEL_TYPE (one of ``predictor.layout.VARIANTS``).
-        device: ``cuda``, ``cuda:N`` or ``cpu``; ``cuda`` without a GPU falls back to CPU.
+        device: ``cuda``, ``cuda:N`` or ``cpu``.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
+        fallback: DEVICE_FALLBACK: ``cuda`` without a usable GPU runs on the CPU (else
+            DeviceError).
+        fold_input: fold the input normalisation into the patch embedding
+            (``ViT.fold_input_normalization``); False keeps it as fp32 passes (the
+            reference the tests compare the fold with).
 
     Raises:
         WeightsError: a file is missing or unreadable (the message says how to fetch it).
+        DeviceError: the device cannot be honoured (predictor.device.resolve_device).
         ValueError: an unknown variant or precision.
     """
     start = time.perf_counter()
     spec = get_variant(variant)
     cache = Path(cache_dir).expanduser().resolve()
-    dev = resolve_device(device)
+    dev = resolve_device(device, fallback=fallback)
     dtype = resolve_dtype(precision, dev)
+    policy = precision_policy(dtype)
     check_files(cache, spec)
     adapter = load_lora(cache, spec)
 
@@ -196,15 +211,30 @@ def load_model(*, cache_dir: Path | str, variant: str, device: str, precision: s
                 f"{backbone.patch_size}: "
                 f"{str(e)[:300]}"
             ) from e
-        # Buffers are not in the checkpoint: make them real tensors again.
-        vit.mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+        vit.mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)  # real, not meta, tensors
         vit.std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-    embedder = embedder.to(dtype).to(dev).eval().requires_grad_(False)
-    for vit in embedder.backbones:  # the input normalisation stays in fp32
-        vit.mean, vit.std = vit.mean.float(), vit.std.float()
+        if fold_input:  # in float64 from the exact constants, before the cast below
+            assert isinstance(vit, ViT)
+            vit.fold_input_normalization(backbone.mean, backbone.std)
+    # A folded patch embedding stays fp32 (ViT.fold_input_normalization says why).
+    vits = [vit for vit in embedder.backbones if isinstance(vit, ViT)]
+    folded: list[dict[str, torch.Tensor] | None] = [
+        {k: v.float().clone() for k, v in vit.patch_embed.state_dict().items()}
+        if vit.input_folded else None for vit in vits]
+    embedder = embedder.to(dtype)
+    for vit, kept in zip(vits, folded, strict=True):
+        if kept is not None:
+            vit.patch_embed.float().load_state_dict(kept)
+    embedder = embedder.to(dev).eval().requires_grad_(False)
+    for vit, backbone in zip(embedder.backbones, spec.backbones, strict=True):
+        # The buffers are not in the checkpoint, and .to(dtype) would have rounded them
+        # (bf16: 0.485 -> 0.4844): the exact constants, in fp32, set after the cast.
+        vit.mean = torch.tensor(backbone.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        vit.std = torch.tensor(backbone.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     return LoadedModel(embedder=embedder, device=dev, dtype=dtype,
-                       load_seconds=time.perf_counter() - start)
+                       load_seconds=time.perf_counter() - start, policy=policy,
+                       attention=attention_backend(dev, dtype))
 
 
-__all__ = ["DreamSimEmbedder", "LoadedModel", "WeightsError", "load_model", "resolve_device",
-           "resolve_dtype", "PRECISIONS"]
+__all__ = ["DeviceError", "DreamSimEmbedder", "LoadedModel", "WeightsError", "load_model",
+           "resolve_device", "resolve_dtype", "PRECISIONS"]

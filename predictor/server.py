@@ -3,17 +3,25 @@
 Serves model ``dreamsim`` over gRPC v2 and REST v2. Input: one UINT8 tensor
 ``[N, 3, 224, 224]`` (raw contents on gRPC). Output: one FP32 tensor ``embedding``
 ``[N, D]`` of normalised DreamSim embeddings, with response parameters ``device``,
-``model_type`` and ``precision`` so that the transformer can report them. An empty batch
-(``N = 0``) is answered without running the model: the transformer uses it to describe
-the predictor for ``/health``.
+``model_type`` and ``precision`` (and, additively, ``attention_backend``, ``cuda_graphs``,
+and on CUDA ``device_index`` and ``gpu_name``) so that the transformer can report them. An
+empty batch (``N = 0``) is answered without running the model: the transformer uses it to
+describe the predictor for ``/health``.
+
+A CUDA error other than out-of-memory leaves the CUDA context unusable: the predictor then
+reports not ready, answers the calls in flight with the error, and exits (code 3) so that
+Kubernetes restarts the pod (``predictor.device.is_fatal_device_error``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,7 +29,7 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve import model_server as kserve_model_server
 from kserve.constants.constants import MAX_GRPC_MESSAGE_LENGTH
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ServerNotReady
 
 from service_common import logs
 from service_common.cpus import fast_bf16_flags
@@ -36,51 +44,132 @@ from service_common.wire import (
 
 from .batching import MicroBatcher
 from .checkpoint import WeightsError, weights_fingerprint
+from .device import DeviceError, driver_version, gpu_name, is_fatal_device_error
 from .grpc_server import PredictorModelServer, connection_age_options
 from .model import LoadedModel, load_model
+from .runner import (
+    CudaOps,
+    EagerRunner,
+    GraphForward,
+    StagedRunner,
+    bucket_sizes,
+    eager_forward,
+)
 from .settings import PredictorSettings
 from .threads import configure_torch_threads
 
 log = logging.getLogger("predictor")
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+FATAL_EXIT_CODE = 3
+FATAL_EXIT_DELAY_S = 1.0  # lets the calls in flight receive their error first
+
+
+def _exit_soon(code: int) -> None:
+    """Exit the process after FATAL_EXIT_DELAY_S, whatever the event loop is doing."""
+    timer = threading.Timer(FATAL_EXIT_DELAY_S, os._exit, (code,))
+    timer.daemon = True
+    timer.start()
 
 
 class DreamSimPredictor(Model):
     """kserve Model: uint8 images in, normalised DreamSim embeddings out."""
 
-    def __init__(self, name: str, settings: PredictorSettings) -> None:
+    def __init__(self, name: str, settings: PredictorSettings, *,
+                 exit_process: Callable[[int], None] = _exit_soon) -> None:
         super().__init__(name)
         self.settings = settings
         self.loaded: LoadedModel | None = None
         self.model_id = ""  # variant, precision, device, weights: the transformer's cache key
         self._batcher: MicroBatcher | None = None  # made by load(), once the device is known
+        self._runner: EagerRunner | StagedRunner | None = None
+        self.graphs = False  # CUDA graphs captured and in use
+        self.buckets: tuple[int, ...] = ()
+        self.fatal_error: str | None = None
+        self._exit_process = exit_process
 
-    def _embed(self, images: np.ndarray) -> np.ndarray:
-        assert self.loaded is not None, "embed before load"
-        # A gRPC raw buffer is read-only; torch wants a writable array.
-        batch = torch.from_numpy(np.array(images, copy=True))
-        chunk = self.settings.chunk_size(self.loaded.device.type)
-        return self.loaded.embedder.embed(batch, batch_size=chunk).numpy()
+    def _embed(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Runs in a worker thread (MicroBatcher): the images of ``parts``, in order."""
+        assert self._runner is not None, "embed before load"
+        try:
+            return self._runner.run(parts)
+        except Exception as e:
+            if is_fatal_device_error(e):
+                self._fail(e)
+            raise
+
+    def _fail(self, error: BaseException) -> None:
+        """A sticky device error: not ready from now on, then exit for a restart."""
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        self.ready = False
+        log.critical("device error on %s, the CUDA context is unusable: %s; reporting not "
+                     "ready and exiting (code %d) so that the pod is restarted",
+                     self.loaded.device if self.loaded else "?", self.fatal_error,
+                     FATAL_EXIT_CODE)
+        self._exit_process(FATAL_EXIT_CODE)
+
+    def _make_runner(self) -> EagerRunner | StagedRunner:
+        """CPU: eager chunks. CUDA: staged copies, with a CUDA graph per bucket unless
+        CUDA_GRAPHS=false or capture fails (then eager, with a warning)."""
+        assert self.loaded is not None
+        s, loaded = self.settings, self.loaded
+        if loaded.device.type != "cuda":
+            return EagerRunner(loaded.embedder, chunk=s.chunk_size(loaded.device.type))
+        self.buckets = bucket_sizes(s.batch_size_limit)
+        ops = CudaOps(loaded.device)
+        forward = eager_forward(loaded.embedder)
+        if s.cuda_graphs:
+            try:
+                forward = GraphForward(loaded.embedder, self.buckets, ops)
+                self.graphs = True
+            except Exception as e:
+                if is_fatal_device_error(e):
+                    raise
+                log.warning("capturing CUDA graphs failed (%s: %s); running eagerly",
+                            type(e).__name__, str(e)[:300])
+                torch.cuda.synchronize(loaded.device)
+        return StagedRunner(forward, loaded.embedder, ops=ops, max_batch=s.batch_size_limit,
+                            slots=s.batches_in_flight)
+
+    def _warm_up(self) -> None:
+        """CPU: 2 images. CUDA: one batch of every bucket through the serving path, so the
+        first real batch of any size pays no lazy kernel loading or allocator growth."""
+        assert self._runner is not None
+        sizes = self.buckets or (min(2, self.settings.batch_size_limit),)
+        for size in sizes:
+            self._runner.run([np.zeros((size, *IMAGE_SHAPE), dtype=np.uint8)])
 
     def load(self) -> bool:
-        """Load the weights, run a warm-up batch, then (only then) report ready."""
+        """Load the weights, warm up every bucket served, then (only then) report ready."""
         s = self.settings
         self.loaded = load_model(cache_dir=s.model_cache_dir, variant=s.model_type,
-                                 device=s.device, precision=s.precision)
+                                 device=s.device, precision=s.precision,
+                                 fallback=s.device_fallback)
         self.model_id = ":".join((s.model_type, self.precision_name, self.loaded.device.type,
                                   weights_fingerprint(s.model_cache_dir, s.model_type)))
-        warm = torch.zeros((min(2, s.batch_size_limit), *IMAGE_SHAPE), dtype=torch.uint8)
-        self.loaded.embedder.embed(warm, batch_size=s.batch_size_limit)
-        # Forward passes run one at a time (they share the device); concurrent requests
-        # share them where that pays (BATCH_ACROSS_REQUESTS).
+        self._runner = self._make_runner()
+        warm_start = time.perf_counter()
+        self._warm_up()
+        # Concurrent requests share forward passes where that pays (BATCH_ACROSS_REQUESTS);
+        # on CUDA BATCHES_IN_FLIGHT of them are staged and queued at once.
         combine = s.combines_requests(self.loaded.device.type)
+        in_flight = s.batches_in_flight if self.loaded.device.type == "cuda" else 1
         self._batcher = MicroBatcher(self._embed, max_images=s.batch_size_limit,
-                                     max_wait_s=s.batch_max_wait_ms / 1000, combine=combine)
-        log.info("loaded DreamSim %s from %s on %s (%s) in %.1f s; embedding dim %d; "
-                 "batching across requests %s", s.model_type, s.model_cache_dir,
-                 self.loaded.device, self.precision_name, self.loaded.load_seconds,
-                 self.loaded.embedder.embedding_dim, "on" if combine else "off")
+                                     max_wait_s=s.batch_max_wait_ms / 1000, combine=combine,
+                                     max_in_flight=in_flight)
+        d = self.describe()
+        log.info("loaded DreamSim %s from %s on %s%s (%s) in %.1f s; embedding dim %d; "
+                 "attention %s; %s; CUDA graphs %s; warm-up of %s in %.1f s; batching "
+                 "across requests %s, %d in flight", s.model_type, s.model_cache_dir,
+                 self.loaded.device, f" ({d['gpu_name']}, driver {driver_version()})"
+                 if "gpu_name" in d else "", self.precision_name, self.loaded.load_seconds,
+                 self.loaded.embedder.embedding_dim, self.loaded.attention,
+                 self.loaded.policy.describe() if self.loaded.device.type == "cuda"
+                 else "CPU", "on" if self.graphs else "off",
+                 f"buckets {list(self.buckets)}" if self.buckets else "2 images",
+                 time.perf_counter() - warm_start, "on" if combine else "off", in_flight)
         self.ready = True
         return self.ready
 
@@ -92,10 +181,15 @@ class DreamSimPredictor(Model):
     def describe(self) -> dict[str, Any]:
         """What the transformer reports in /health."""
         assert self.loaded is not None
-        return {"device": self.loaded.device.type, "model_type": self.settings.model_type,
-                "precision": self.precision_name,
-                "embedding_dim": self.loaded.embedder.embedding_dim,
-                "model_id": self.model_id}
+        info: dict[str, Any] = {
+            "device": self.loaded.device.type, "model_type": self.settings.model_type,
+            "precision": self.precision_name,
+            "embedding_dim": self.loaded.embedder.embedding_dim, "model_id": self.model_id,
+            "attention_backend": self.loaded.attention, "cuda_graphs": self.graphs}
+        if self.loaded.device.type == "cuda":  # (KServe parameters cannot carry None)
+            info["device_index"] = int(self.loaded.device.index or 0)
+            info["gpu_name"] = gpu_name(self.loaded.device) or ""
+        return info
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, *IMAGE_SHAPE]}]
@@ -120,6 +214,9 @@ class DreamSimPredictor(Model):
                       response_headers: dict[str, str] | None = None) -> InferResponse:
         """Embed a batch of images (chunked at BATCH_SIZE_LIMIT)."""
         assert self.loaded is not None, "predict before load"
+        if self.fatal_error is not None:
+            raise ServerNotReady(f"the predictor is restarting after a device error: "
+                                 f"{self.fatal_error}")
         started = time.perf_counter()
         images = self._images(payload)
         if images.shape[0] == 0:
@@ -168,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     model = DreamSimPredictor(args.model_name, settings)
     try:
         model.load()
-    except (WeightsError, ValueError) as e:
+    except (WeightsError, DeviceError, ValueError) as e:
         log.error("%s", e)
         return 2
     log.info("serving model %r: REST on :%d, gRPC on :%d (message limit %d bytes)",

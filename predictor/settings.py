@@ -18,7 +18,18 @@ class PredictorSettings(LogSettings):
     model_config = SettingsConfigDict(protected_namespaces=(), extra="ignore")
 
     device: str = Field("cuda", pattern=r"^(cuda(:\d+)?|cpu)$",
-                        description="where the model runs; cuda falls back to cpu with a warning")
+                        description="where the model runs; cuda:N is checked against the "
+                                    "GPUs present at start-up")
+    device_fallback: bool = Field(
+        True, description="DEVICE=cuda without a usable GPU: true runs on the CPU with a "
+                          "warning (make run); false exits with the driver found and the one "
+                          "needed (the predictor image sets false)")
+    cuda_graphs: bool = Field(
+        True, description="on CUDA, capture a CUDA graph per batch-size bucket before "
+                          "readiness (falls back to eager if capture fails)")
+    batches_in_flight: int = Field(
+        2, ge=1, le=4, description="on CUDA, batches staged and queued on the GPU at once "
+                                   "(one computes while the next is copied)")
     model_type: Literal["ensemble", "dino_vitb16", "dinov2_vitb14", "clip_vitb32",
                         "open_clip_vitb32", "synclr_vitb16", "dino_vitb16_patch",
                         "dinov2_vitb14_patch"] = Field(

@@ -17,8 +17,9 @@ Parameter names follow the upstream checkpoints so their state dicts load unchan
 
 Differences from upstream, none of which changes the result beyond float rounding:
 attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
-where available), no forward hooks, and, where the feature is read from the CLS token
-only, the last block computes only the CLS token.
+where available), no forward hooks, where the feature is read from the CLS token only,
+the last block computes only the CLS token, and the input normalisation is folded into
+the patch embedding's (fp32) convolution at load time (``ViT.fold_input_normalization``).
 """
 
 from __future__ import annotations
@@ -83,8 +84,20 @@ class Attention(nn.Module):
             qkv = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # scale = head_dim ** -0.5, as upstream
-        out = out.transpose(1, 2).reshape(b, q.shape[2], d)
-        return self.proj(out)
+        return self.proj(merge_heads(out))
+
+
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """``[B, H, N, hd]`` -> ``[B, N, H * hd]``, a view, not a copy, for SDPA's outputs here.
+
+    q, k and v are head-transposed views of one ``[B, N, 3, H, hd]`` projection, and the
+    SDPA kernels (flash and memory-efficient on CUDA, flash and math on CPU) return their
+    output in that same token-major layout (strides ``[N*H*hd, hd, H*hd, 1]``), so the
+    transpose is contiguous and ``reshape`` moves no data (tests/predictor/test_gpu_path.py
+    checks it). Another layout would be copied here, correctly.
+    """
+    b, h, n, hd = out.shape
+    return out.transpose(1, 2).reshape(b, n, h * hd)
 
 
 class Block(nn.Module):
@@ -207,11 +220,46 @@ class ViT(nn.Module):
         self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.input_folded = False  # see fold_input_normalization
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> the float input upstream computes (ToTensor, Normalize), fp32."""
+        """uint8 [B, 3, H, W] -> the float input upstream computes (ToTensor, Normalize), fp32.
+
+        ``mean`` and ``std`` are fp32 buffers holding the exact constants whatever the
+        model's dtype (``load_model`` sets them after the cast): normalise in fp32, then
+        cast. Used only until :meth:`fold_input_normalization`.
+        """
         x = images.to(torch.float32).div(255)
         return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def fold_input_normalization(self, mean: tuple[float, float, float],
+                                 std: tuple[float, float, float]) -> None:
+        """Fold ``(x / 255 - mean) / std`` into the patch embedding's convolution.
+
+        The convolution is linear in its input, so with ``W'[o, c] = W[o, c] / (255 std_c)``
+        and ``b'[o] = b[o] - sum_{c,i,j} W[o, c, i, j] mean_c / std_c`` it maps the raw
+        pixel values 0..255 to exactly what it mapped the normalised input to. Computed in
+        float64 from the exact constants, before any cast, so no rounded constant is ever
+        used; the five elementwise fp32 passes over the input (cast, divide, subtract,
+        divide, cast) become one cast to fp32 (exact: integers up to 255).
+
+        The folded convolution stays in fp32 whatever the model's dtype (``load_model``
+        keeps it so) and its output is cast: the mean now enters through the bias, and
+        ``sum W' x`` and ``b'`` are large terms that cancel, which fp32 does exactly enough
+        and bf16 does not (measured: bf16 weights here doubled the embedding error). It is
+        about 0.6% of the model's FLOPs. Call it on fp32 weights, once.
+        """
+        assert not self.input_folded, "the input normalisation is folded already"
+        conv = self.patch_embed.proj
+        assert conv.bias is not None
+        w = conv.weight.double()
+        m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+        bias = conv.bias.double() - (w * (m / s)).sum(dim=(1, 2, 3))
+        conv.weight.copy_((w / (255 * s)).to(conv.weight.dtype))
+        conv.bias.copy_(bias.to(conv.bias.dtype))
+        self.input_folded = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images [B, 3, 224, 224] -> features: [B, 768] (cls), [B, proj_dim]
@@ -220,7 +268,10 @@ class ViT(nn.Module):
             f"expected {self.img_size}x{self.img_size} images, got {tuple(images.shape)}"
         )
         dtype = self.cls_token.dtype
-        x = self.patch_embed(self.normalize(images).to(dtype))
+        if self.input_folded:  # normalisation is in the fp32 weights: normalise, then cast
+            x = self.patch_embed(images.to(torch.float32)).to(dtype)
+        else:
+            x = self.patch_embed(self.normalize(images).to(dtype))
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.pos_embed
         if self.ln_pre is not None:

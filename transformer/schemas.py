@@ -51,6 +51,11 @@ class HealthResponse(BaseModel):
     model_loaded: bool
     device: str | None = Field(description="where the model runs: cuda or cpu")
     model_type: str | None = Field(description="the DreamSim variant loaded")
+    precision: str | None = Field(None, description="fp32, fp16 or bf16, as the predictor runs")
+    device_index: int | None = Field(None, description="the GPU's index (cuda:N); null on CPU")
+    gpu_name: str | None = Field(None, description="the GPU's name; null on CPU")
+    attention_backend: str | None = Field(
+        None, description="the attention kernel in use: flash, efficient, cudnn or math")
 
 
 class EmbedImage(BaseModel):

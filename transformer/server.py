@@ -330,10 +330,15 @@ class SimilarityTransformer(Model):
             model_loaded=ready,
             device=self.predictor_info.get("device"),
             model_type=self.predictor_info.get("model_type"),
+            **{k: self.predictor_info.get(k) for k in _PREDICTOR_HEALTH_FIELDS},
         )
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# What the predictor reports that /health passes through (additions to the contract).
+_PREDICTOR_HEALTH_FIELDS = ("precision", "device_index", "gpu_name", "attention_backend")
 
 
 def _warm_up_native() -> None:

@@ -34,8 +34,10 @@ def assert_still_serving(url: str, images: list[bytes]) -> None:
 def test_health_reports_the_loaded_model(service_url: str) -> None:
     r = httpx.get(f"{service_url}/health", timeout=10)
     assert r.status_code == 200
+    # The contract's four fields, then what the predictor adds about its device (null on CPU).
     assert r.json() == {"status": "healthy", "model_loaded": True, "device": "cpu",
-                        "model_type": "dino_vitb16"}
+                        "model_type": "dino_vitb16", "precision": "fp32",
+                        "device_index": None, "gpu_name": None, "attention_backend": "flash"}
 
 
 def test_contract_fields_formula_order_and_pair_ids(service_url: str,
