@@ -78,7 +78,8 @@ def read_settings() -> Settings:
 
     model_type = env_or("MODEL_TYPE", "dino_vitb16")
     requested = env_or("DEVICE", "cuda")
-    device = resolve_device(requested)
+    # as `make run` does: DEVICE=cuda without a GPU benchmarks the CPU, and says so
+    device = resolve_device(requested, fallback=True)
     precision = env_or("PRECISION", "auto")
     dtype = resolve_dtype(precision, device)
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

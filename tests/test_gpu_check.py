@@ -83,7 +83,9 @@ def test_goals_name_the_stage_that_holds_each_back() -> None:
     assert latency["stages_s"]["model"] == pytest.approx(60 / 12500)
     assert not rate["met"] and rate["held_back_by"] == "transformer CPU"  # 400 images/s
     assert not peak["met"] and peak["held_back_by"] == "model" and peak["figure"] == 38.0
-    figures["service"].update(latency_30_pairs_p50_s=0.030, images_per_s=10500.0)
+    service = figures["service"]
+    assert isinstance(service, dict)
+    service.update(latency_30_pairs_p50_s=0.030, images_per_s=10500.0)
     assert [g["met"] for g in goals(figures)] == [True, True, False]
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -557,7 +558,7 @@ def test_cuda_runner_uses_graphs_or_falls_back_to_eager_and_warms_every_bucket(
     sizes: list[int] = []
     real_run = model._runner.run
 
-    def run(parts: list[np.ndarray]) -> np.ndarray:
+    def run(parts: Sequence[np.ndarray]) -> np.ndarray:
         sizes.append(sum(len(p) for p in parts))
         return real_run(parts)
 
