@@ -68,7 +68,7 @@ def build_nearest_report(records: list[dict[str, Any]], *, source: str = "",
         body.append(f"<h2>The {len(ranked)} generated image(s) closest to a reference</h2>")
         body.append('<div class="list">')
         for rank, r in enumerate(ranked, start=1):
-            d0 = float(r["nearest"][0]["distance"])
+            d0 = max(0.0, float(r["nearest"][0]["distance"]))  # 1 - dot can be -1e-8
             under = threshold is not None and d0 < threshold
             body.append(f'<div class="card" data-id="{html.escape(str(r["id"]))}">'
                         f'<div class="score{" under" if under else ""}">#{rank} '
@@ -78,7 +78,7 @@ def build_nearest_report(records: list[dict[str, Any]], *, source: str = "",
                         + _side(str(r["generated"]), "generated").replace(
                             "<figure>", '<figure class="gen">', 1)
                         + "".join(_side(str(n["reference"]),
-                                        f"#{j} distance {float(n['distance']):.4f}")
+                                        f"#{j} distance {max(0.0, float(n['distance'])):.4f}")
                                   for j, n in enumerate(r["nearest"], start=1))
                         + "</div></div>")
         body.append("</div>")

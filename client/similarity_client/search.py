@@ -23,7 +23,7 @@ from .extras import require
 # BLAS products are as fast up to about 10^6, faiss holds larger sets with less memory
 # traffic per query block).
 NUMPY_MAX_REFERENCES = 1_000_000
-QUERY_BLOCK = 256
+QUERY_BLOCK = 1024  # queries per search step (and per write of OUT)
 SIMS_BLOCK_ELEMENTS = 1 << 24  # 64 MB of float32 similarities per product at most
 
 

@@ -1,0 +1,128 @@
+"""``similarity-client nearest`` figures: references embedded per second (from the service,
+and from the local store on a rerun), and search time of 10^3 queries against 10^4, 10^5 and
+10^6 references, exact numpy (blockwise BLAS) against faiss (``IndexFlatIP``, exact; and
+``IndexIVFFlat``, approximate).
+
+    python -m bench.nearest [--sizes 10000,100000,1000000] [--queries 1000] [--dim 768]
+    python -m bench.nearest --url http://localhost:8080 --embed 64   # also the embedding rate
+
+Search runs on synthetic unit vectors (random: the worst case for the IVF index, whose
+recall is printed too). The references are generated in float32 blocks; 10^6 x 768 is 3 GB,
+held once per engine (faiss keeps its own copy, so numpy's array is freed first). Embedding
+needs a running service; a distinct set of small PNGs (never seen by its cache) is embedded
+into a fresh store, then read again from the store by the same call a rerun makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from similarity_client import AsyncSimilarityClient
+from similarity_client.embedset import embed_set, service_model_type
+from similarity_client.imagesets import read_images
+from similarity_client.search import Searcher
+from similarity_client.store import EmbeddingStore
+
+from bench.client_throughput import make_images
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int, block: int = 100_000) -> np.ndarray:
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, block):
+        x = rng.standard_normal((min(block, n - s), dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s:s + len(x)] = x
+    return out
+
+
+def time_search(refs: np.ndarray, queries: np.ndarray, engine: str, k: int) -> dict[str, float]:
+    started = time.perf_counter()
+    searcher = Searcher(refs, engine=engine)
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    hits = [h for _, block in searcher.search(queries, k) for h in block]
+    searched = time.perf_counter() - started
+    return {"build_s": built, "search_s": searched,
+            "first": np.array([h.indices for h in hits], np.int64)}  # type: ignore[dict-item]
+
+
+def search_figures(sizes: list[int], n_queries: int, dim: int, k: int, ivf: bool) -> None:
+    rng = np.random.default_rng(0)
+    queries = unit_rows(rng, n_queries, dim)
+    print(f"\n{n_queries} queries, k={k}, dim {dim}, float32; times in seconds")
+    print("| references | numpy exact | faiss exact (build + search) | faiss IVF approx "
+          "(build + search, recall@k) |")
+    print("|---|---|---|---|")
+    for n in sizes:
+        refs = unit_rows(np.random.default_rng(n), n, dim)
+        np_fig = time_search(refs, queries, "numpy", k)
+        fa_fig = time_search(refs, queries, "faiss", k)
+        same = bool((np_fig["first"] == fa_fig["first"]).all())  # type: ignore[union-attr]
+        ivf_cell = "-"
+        if ivf:
+            iv = time_search(refs, queries, "faiss-ivf", k)
+            recall = np.mean([len(set(a) & set(b)) / k for a, b in
+                              zip(iv["first"], np_fig["first"], strict=True)])  # type: ignore
+            ivf_cell = f"{iv['build_s']:.1f} + {iv['search_s']:.2f} ({recall:.2f})"
+        print(f"| {n:,} | {np_fig['search_s']:.2f} | {fa_fig['build_s']:.1f} + "
+              f"{fa_fig['search_s']:.2f}{'' if same else ' (DIFFERENT neighbours)'} | "
+              f"{ivf_cell} |", flush=True)
+        del refs
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print(f"peak RSS {peak:.1f} GB")
+
+
+def embed_figures(url: str, n: int, chunk_size: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "refs"
+        folder.mkdir()
+        make_images(folder, n, seed=int(time.time()) % 100_000)  # unseen by the service
+        images = read_images(folder)
+        store = EmbeddingStore(Path(tmp) / "store", service_model_type(url))
+
+        def client() -> AsyncSimilarityClient:
+            return AsyncSimilarityClient(url, chunk_size=chunk_size, concurrency=concurrency)
+
+        first = embed_set(images, store, client, progress=False)
+        again = embed_set(images, EmbeddingStore(Path(tmp) / "store", store.model_type),
+                          client, progress=False)
+        assert first.embedded == n and again.embedded == 0 and again.cached == n
+        print(f"\nembedding {n} distinct 64x64 PNGs ({store.model_type}, chunks of "
+              f"{2 * chunk_size}, {concurrency} in flight):")
+        print(f"  from the service (not cached): {n / first.wall_s:.1f} references/s "
+              f"({first.wall_s:.1f} s)")
+        print(f"  from the local store (a rerun): {n / again.wall_s:.0f} references/s "
+              f"({again.wall_s:.3f} s, no request)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--no-ivf", action="store_true", help="skip the approximate index")
+    parser.add_argument("--url", help="a running service: also measure embedding")
+    parser.add_argument("--embed", type=int, default=64, help="images to embed (--url)")
+    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {load[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.url:
+        embed_figures(args.url, args.embed, args.chunk_size, args.concurrency)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        search_figures(sizes, args.queries, args.dim, args.k, not args.no_ivf)
+
+
+if __name__ == "__main__":
+    main()
