@@ -2,7 +2,7 @@
 the spread over independent draws of synthetic embeddings, and the bootstrap's own spread
 on one draw, for docs/evaluation.md.
 
-    python -m bench.eval_spread [--sizes 100,1000,10000] [--draws 10,10,3] [--boot 50,50,10]
+    python -m bench.eval_spread [--sizes 100,1000,10000] [--draws 5,5,2] [--boot 20,20,0]
 
 The sets are synthetic DreamSim-like embeddings (768-d, per-row mean subtracted, unit
 norm) from two fixed anisotropic Gaussians (a decaying spectrum, as real features have):
@@ -36,8 +36,8 @@ def draw(rng: np.random.Generator, n: int, generated: bool) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000")
-    parser.add_argument("--draws", default="10,10,3", help="independent draws per size")
-    parser.add_argument("--boot", default="50,50,10", help="bootstrap replicates per size")
+    parser.add_argument("--draws", default="5,5,2", help="independent draws per size")
+    parser.add_argument("--boot", default="20,20,0", help="bootstrap replicates per size (0: none)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     draws = [int(s) for s in args.draws.split(",")]
@@ -50,6 +50,7 @@ def main() -> None:
         values: dict[str, list[float]] = {name: [] for name in M.METRIC_NAMES}
         boot_std: dict[str, float] = {}
         for d in range(n_draws):
+            print(f"  n={n} draw {d}", flush=True)
             rng = np.random.default_rng([n, d])
             a, b = draw(rng, n, True), draw(rng, n, False)
             for name, v in M.all_metrics(a, b).items():

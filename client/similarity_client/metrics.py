@@ -36,28 +36,46 @@ def _np() -> Any:
     return np
 
 
-def frechet_distance(a: Any, b: Any) -> float:
+def frechet_distance(a: Any, b: Any, *, method: str = "auto") -> float:
     """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of the Gaussians fitted to
     the two sets (sample means, covariances with ``n - 1``).
 
-    ``tr((S_a S_b)^(1/2))`` is computed as the sum of the square roots of the eigenvalues
-    of ``S_a^(1/2) S_b S_a^(1/2)`` (symmetric, positive semi-definite; the same eigenvalues
-    as ``S_a S_b``), which stays real and stable when a covariance is singular (fewer
-    images than dimensions), where ``sqrtm`` of the product needs pytorch-fid's offset.
+    ``tr((S_a S_b)^(1/2))`` is the sum of the square roots of the eigenvalues of
+    ``S_a S_b``, taken without ``sqrtm`` of the product (not symmetric, and singular here:
+    the per-image mean subtraction makes every embedding orthogonal to ``(1, ..., 1)``):
+
+    - ``dim``: the eigenvalues of ``S_a^(1/2) S_b S_a^(1/2)`` (symmetric, positive
+      semi-definite, the same eigenvalues), from ``dim x dim`` matrices;
+    - ``samples``: with ``A``, ``B`` the centred sets, ``S_a S_b`` has the non-zero
+      eigenvalues of ``M M^T``, ``M = A B^T / sqrt((n_a - 1)(n_b - 1))``, so the trace is the
+      sum of ``M``'s singular values: an ``n_a x n_b`` matrix, cheaper when a set has fewer
+      images than dimensions;
+    - ``auto``: the smaller of the two.
     """
     _np()
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a64.ndim == b64.ndim == 2 and a64.shape[1] == b64.shape[1], "[n, dim] arrays"
     assert len(a64) >= 2 and len(b64) >= 2, "a covariance needs at least 2 images per set"
     mu_a, mu_b = a64.mean(0), b64.mean(0)
-    cov_a, cov_b = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
-    w, v = np.linalg.eigh(cov_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root_a @ cov_b @ root_a
-    eig = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_sqrt = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    ca, cb = a64 - mu_a, b64 - mu_b
+    tr_a, tr_b = (ca * ca).sum() / (len(ca) - 1), (cb * cb).sum() / (len(cb) - 1)
+    if method == "auto":
+        method = "samples" if min(len(ca), len(cb)) < a64.shape[1] else "dim"
+    if method == "samples":
+        m = (ca @ cb.T) / np.sqrt((len(ca) - 1) * (len(cb) - 1))
+        tr_sqrt = float(np.linalg.svd(m, compute_uv=False).sum())
+    elif method == "dim":
+        cov_a = ca.T @ ca / (len(ca) - 1)
+        cov_b = cb.T @ cb / (len(cb) - 1)
+        w, v = np.linalg.eigh(cov_a)
+        root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        m = root_a @ cov_b @ root_a
+        eig = np.linalg.eigvalsh((m + m.T) / 2)
+        tr_sqrt = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    else:
+        raise ValueError(f"method is auto, dim or samples, not {method!r}")
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
+    return float(diff @ diff + tr_a + tr_b - 2 * tr_sqrt)
 
 
 def _blocks(n: int, rows: int = BLOCK_ROWS) -> Iterator[slice]:
@@ -119,14 +137,16 @@ def vendi_score(x: Any) -> float:
     x_i @ x_j`` (the cosine similarity, ``1 - DreamSim distance``; 1 on the diagonal):
     the effective number of distinct images, from 1 (all alike) to n.
 
-    Computed from the ``dim x dim`` matrix ``x.T @ x / n``, whose non-zero eigenvalues are
-    those of ``K / n`` (vendi-score's ``score_dual``), so 10^5 images cost no n x n matrix.
+    With more images than dimensions it is computed from the ``dim x dim`` matrix
+    ``x.T @ x / n``, whose non-zero eigenvalues are those of ``K / n`` (vendi-score's
+    ``score_dual``), so 10^5 images cost no n x n matrix; with fewer, from ``K / n``.
     """
     _np()
     x64 = np.asarray(x, np.float64)
     norms = np.linalg.norm(x64, axis=1, keepdims=True)
     x64 = x64 / np.where(norms > 0, norms, 1)  # vendi-score normalises rows too
-    eig = np.linalg.eigvalsh(x64.T @ x64 / len(x64))
+    gram = x64 @ x64.T if len(x64) < x64.shape[1] else x64.T @ x64
+    eig = np.linalg.eigvalsh(gram / len(x64))
     p = eig[eig > 0]
     return float(np.exp(-(p * np.log(p)).sum()))
 

@@ -56,9 +56,22 @@ def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize(("n_a", "n_b", "dim"), [(700, 500, 64), (600, 500, 256)])
 def test_frechet_distance_equals_scipy_sqrtm(n_a: int, n_b: int, dim: int) -> None:
     a, b = sets(n_a, n_b, dim)
-    ours, theirs = M.frechet_distance(a, b), scipy_frechet(a, b)
-    assert ours == pytest.approx(theirs, rel=1e-7, abs=1e-9)
+    theirs = scipy_frechet(a, b)
+    for method in ("auto", "dim", "samples"):
+        ours = M.frechet_distance(a, b, method=method)
+        assert ours == pytest.approx(theirs, rel=1e-7, abs=1e-9), method
     assert M.frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+
+
+def test_frechet_distance_with_fewer_images_than_dimensions() -> None:
+    """Singular covariances: the two routes agree (the samples route, exact singular
+    values, is the accurate one; ``dim`` takes square roots of eigenvalues that are 0 up to
+    rounding); scipy's sqrtm of the singular product is inaccurate there (pytorch-fid adds
+    an offset), so it is not the oracle."""
+    a, b = sets(40, 70, 256)
+    by_dim = M.frechet_distance(a, b, method="dim")  # sqrt of eigenvalues ~1e-16: ~1e-8 off
+    assert M.frechet_distance(a, b, method="samples") == pytest.approx(by_dim, rel=1e-6)
+    assert M.frechet_distance(a, b) == M.frechet_distance(a, b, method="samples")
 
 
 @pytest.mark.parametrize(("n_a", "n_b", "dim", "k"), [(700, 500, 64, 5), (300, 1100, 768, 3),
@@ -83,6 +96,8 @@ def test_vendi_and_mean_pairwise_distance_equal_their_definitions() -> None:
     assert M.vendi_score(a) == pytest.approx(vendi.score_X(a.astype(np.float64)), rel=1e-9)
     assert M.vendi_score(a) == pytest.approx(vendi.score_dual(a.astype(np.float64)), rel=1e-9)
     assert M.vendi_score(np.repeat(a[:1], 50, 0)) == pytest.approx(1.0, abs=1e-6)
+    few = a[:40]  # fewer images than dimensions: the n x n route
+    assert M.vendi_score(few) == pytest.approx(vendi.score_X(few.astype(np.float64)), rel=1e-9)
     d = 1 - k
     assert M.mean_pairwise_distance(a) == pytest.approx(d[~np.eye(len(a), dtype=bool)].mean(),
                                                         rel=1e-9)
