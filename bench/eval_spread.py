@@ -50,7 +50,6 @@ def main() -> None:
         values: dict[str, list[float]] = {name: [] for name in M.METRIC_NAMES}
         boot_std: dict[str, float] = {}
         for d in range(n_draws):
-            print(f"  n={n} draw {d}", flush=True)
             rng = np.random.default_rng([n, d])
             a, b = draw(rng, n, True), draw(rng, n, False)
             for name, v in M.all_metrics(a, b).items():
@@ -64,7 +63,10 @@ def main() -> None:
             rows[name].append(f"{v.mean():.4f} ± {v.std(ddof=1):.4f} "
                               f"(boot {boot_std.get(name, float('nan')):.4f})")
         print(f"n={n}: {n_draws} draws, {n_boot} bootstrap replicates, "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+              f"{time.perf_counter() - started:.0f} s, load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        for name in M.METRIC_NAMES:  # as it goes: a long run stopped keeps its rows
+            print(f"  {name}: {rows[name][-1]}", flush=True)
     print("\nmean ± std over independent draws (bootstrap std on the first draw)\n")
     print("| metric | " + " | ".join(f"n = {n:,}" for n in sizes) + " |")
     print("|---" * (len(sizes) + 1) + "|")

@@ -128,6 +128,29 @@ def embed_figures(url: str, n: int, chunk_size: int, concurrency: int) -> None:
               f"({again.wall_s:.3f} s, no request)")
 
 
+def store_figures(n: int, dim: int) -> None:
+    """Rate of a rerun that finds every reference in the store (no service needed): hash
+    each file, look it up, gather the vectors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "refs"
+        folder.mkdir()
+        make_images(folder, n, seed=7)
+        images = read_images(folder)
+        store = EmbeddingStore(Path(tmp) / "store", "dino_vitb16")
+        vectors = unit_rows(np.random.default_rng(7), n, dim)
+        from similarity_client.store import image_key
+
+        for image, v in zip(images, vectors, strict=True):
+            store.add(image_key(image.source), v)
+        store.flush()
+        again = embed_set(images, EmbeddingStore(Path(tmp) / "store", "dino_vitb16"), None,
+                          progress=False)
+        assert again.cached == n and len(again.images) == n
+        print(f"\nfrom the local store, no service ({n} 64x64 PNG files, {dim}-d): "
+              f"{n / again.wall_s:.0f} references/s ({again.wall_s:.2f} s: hashing the "
+              f"files, looking up, gathering the vectors)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -140,6 +163,8 @@ def main() -> None:
                         help="references held at once (memory: block x dim x 4 bytes; "
                              "larger sets are streamed block by block)")
     parser.add_argument("--url", help="a running service: also measure embedding")
+    parser.add_argument("--store-only", type=int, default=0, metavar="N",
+                        help="also time a rerun of N references served by the store alone")
     parser.add_argument("--embed", type=int, default=64, help="images to embed (--url)")
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -147,6 +172,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.store_only:
+        store_figures(args.store_only, args.dim)
     if args.url:
         embed_figures(args.url, args.embed, args.chunk_size, args.concurrency)
     sizes = [int(s) for s in args.sizes.split(",") if s]

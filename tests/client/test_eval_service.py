@@ -246,3 +246,15 @@ def test_nearest_report_renders_in_a_real_browser(service_url: str, photos: list
             img.convert("RGB").resize((960, 1050)).save(REPO_ROOT / "docs" /
                                                         "nearest-report.jpg", quality=80)
     print(f"\nnearest report screenshot: {ARTIFACTS / 'nearest-report.png'} ({check})")
+
+
+def test_embedding_rate_from_the_service_and_from_the_store(
+        service_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The figures of ``python -m bench.nearest --url``: printed, not asserted."""
+    from bench.nearest import embed_figures
+
+    embed_figures(service_url, 24, 32, 4)
+    out = capsys.readouterr().out
+    with capsys.disabled():
+        print(out)
+    assert "references/s" in out
