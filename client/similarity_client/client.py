@@ -1,4 +1,6 @@
-"""The client: pairs in, results out as they complete, whatever the service answers.
+"""The client: pairs (or images) in, results out as they complete, whatever the service
+answers. ``score`` follows ``POST /similarity``; ``embed`` follows ``POST /embed`` the same
+way (images instead of pairs, ``MAX_IMAGES_PER_REQUEST`` instead of the pair limit).
 
 Pairs are cut into chunks (at most ``chunk_size``, and never more than the service's
 limit once a 413 has told it), ``concurrency`` chunks are in flight at once, and each
@@ -20,18 +22,20 @@ chunk is followed through to one result per pair:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from . import inputs
-from .models import ClientStats, ImageInput, Pair, PairId, PairResult
+from .models import ClientStats, EmbedResult, ImageId, ImageInput, Pair, PairId, PairResult
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 PairLike = Pair | tuple[ImageInput, ImageInput] | tuple[ImageInput, ImageInput, PairId] | dict
@@ -58,6 +62,31 @@ class _Item:
                           generated=self.gen_label, **kw)
 
 
+@dataclass
+class _EmbedItem:
+    image_id: ImageId
+    image: ImageInput
+    label: str
+    body: dict[str, Any] | None = None  # the encoded image, kept for re-sends
+
+    def result(self, **kw: Any) -> EmbedResult:
+        return EmbedResult(image_id=self.image_id, image=self.label, **kw)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_X = TypeVar("_X", _Item, _EmbedItem)
+
+
+async def _aiter(values: Iterable[_T] | AsyncIterable[_T]) -> AsyncIterator[_T]:
+    if isinstance(values, AsyncIterable):
+        async for v in values:
+            yield v
+    else:
+        for v in values:
+            yield v
+
+
 class _GiveUp(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -82,14 +111,15 @@ def _as_pair(value: PairLike, index: int) -> Pair:
     return pair
 
 
-def _pair_limit(response: httpx.Response) -> int | None:
-    """The pair limit a 413 names in its structured ``limit`` field, if it names one."""
+def _limit(response: httpx.Response, setting: str) -> int | None:
+    """The limit a 413 names in its structured ``limit`` field, if it names ``setting``
+    (``MAX_PAIRS_PER_REQUEST`` or ``MAX_IMAGES_PER_REQUEST``)."""
     try:
         body = response.json()
     except ValueError:
         return None
     limit = body.get("limit") if isinstance(body, dict) else None
-    if (isinstance(limit, dict) and limit.get("setting") == "MAX_PAIRS_PER_REQUEST"
+    if (isinstance(limit, dict) and limit.get("setting") == setting
             and type(limit.get("value")) is int):
         return int(limit["value"])
     return None
@@ -161,6 +191,11 @@ class AsyncSimilarityClient:
         limit = self.stats.pair_limit
         return min(self.chunk_size, limit) if limit else self.chunk_size
 
+    @property
+    def effective_embed_chunk_size(self) -> int:
+        limit = self.stats.image_limit
+        return min(2 * self.chunk_size, limit) if limit else 2 * self.chunk_size
+
     async def score(self, pairs: Iterable[PairLike] | AsyncIterable[PairLike]
                     ) -> AsyncIterator[PairResult]:
         """Score ``pairs``; yields one :class:`PairResult` per pair as chunks complete.
@@ -172,27 +207,53 @@ class AsyncSimilarityClient:
         Raises:
             ServiceError: the service answered with an error no retry can fix.
         """
-        work: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=self.concurrency)
-        results: asyncio.Queue[PairResult | BaseException | None] = asyncio.Queue()
-
-        async def produce() -> None:
-            chunk: list[_Item] = []
+        async def items() -> AsyncIterator[_Item]:
             index = 0
-
-            async def items() -> AsyncIterator[PairLike]:
-                if isinstance(pairs, AsyncIterable):
-                    async for p in pairs:
-                        yield p
-                else:
-                    for p in pairs:
-                        yield p
-
-            async for raw in items():
+            async for raw in _aiter(pairs):
                 pair = _as_pair(raw, index)
                 index += 1
-                chunk.append(_Item(pair.pair_id, pair.reference, pair.generated,
-                                   inputs.label(pair.reference), inputs.label(pair.generated)))
-                if len(chunk) >= self.effective_chunk_size:
+                yield _Item(pair.pair_id, pair.reference, pair.generated,
+                            inputs.label(pair.reference), inputs.label(pair.generated))
+
+        async for result in self._pipeline(items(), lambda: self.effective_chunk_size,
+                                           self._score_chunk):
+            yield result
+
+    async def embed(self, images: Iterable[tuple[ImageId, ImageInput]]
+                    | AsyncIterable[tuple[ImageId, ImageInput]]
+                    ) -> AsyncIterator[EmbedResult]:
+        """Embed ``images`` (``POST /embed``); yields one :class:`EmbedResult` per image as
+        chunks complete (in completion order), with the same chunking, concurrency,
+        retries and per-image errors as :meth:`score`.
+
+        Each image is ``(image_id, image)``: the id names the result, the image is a path,
+        bytes, a PIL image or a URL/data URI (passed through). Chunks hold up to twice
+        ``chunk_size`` images (a pair is two images), lowered to the service's
+        ``MAX_IMAGES_PER_REQUEST`` when a 413 names it.
+
+        Raises:
+            ServiceError: the service answered with an error no retry can fix.
+        """
+        async def items() -> AsyncIterator[_EmbedItem]:
+            async for image_id, image in _aiter(images):
+                yield _EmbedItem(image_id, image, inputs.label(image))
+
+        async for result in self._pipeline(items(), lambda: self.effective_embed_chunk_size,
+                                           self._embed_chunk):
+            yield result
+
+    async def _pipeline(self, items: AsyncIterator[_T], chunk_size: Callable[[], int],
+                        process: Callable[[list[_T]], AsyncIterator[_R]]) -> AsyncIterator[_R]:
+        """Items cut into chunks of ``chunk_size()``, ``concurrency`` chunks processed at
+        once by ``process``; its results are yielded as they come."""
+        work: asyncio.Queue[list[_T] | None] = asyncio.Queue(maxsize=self.concurrency)
+        results: asyncio.Queue[_R | BaseException | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            chunk: list[_T] = []
+            async for item in items:
+                chunk.append(item)
+                if len(chunk) >= chunk_size():
                     await work.put(chunk)
                     chunk = []
             if chunk:
@@ -202,7 +263,7 @@ class AsyncSimilarityClient:
 
         async def worker() -> None:
             while (chunk := await work.get()) is not None:
-                async for result in self._score_chunk(chunk):
+                async for result in process(chunk):
                     results.put_nowait(result)
 
         async def run() -> None:
@@ -268,8 +329,9 @@ class AsyncSimilarityClient:
             if len(part) > limit:  # the limit was learned while this chunk waited
                 pending[:0] = [part[i:i + limit] for i in range(0, len(part), limit)]
                 continue
+            body = json.dumps({"pairs": [item.body for item in part]}).encode()
             try:
-                response = await self._post(part)
+                response = await self._post("/similarity", body, len(part))
             except _GiveUp as e:
                 for item in part:
                     yield item.result(error=e.reason, field=None, retryable=True)
@@ -278,7 +340,7 @@ class AsyncSimilarityClient:
                 for result in self._scores(part, response):
                     yield result
             elif response.status_code == 413:
-                parts, too_large = self._split(part, response)
+                parts, too_large = self._split(part, response, "MAX_PAIRS_PER_REQUEST")
                 for result in too_large:
                     yield result
                 pending[:0] = parts
@@ -293,20 +355,94 @@ class AsyncSimilarityClient:
                 raise ServiceError(f"POST {self.url}/similarity answered HTTP "
                                    f"{response.status_code}: {_detail(response)}")
 
-    async def _post(self, part: list[_Item]) -> httpx.Response:
-        """One request, retried on 429/502/503/504 and connection errors."""
-        body = json.dumps({"pairs": [item.body for item in part]}).encode()
+    async def _embed_chunk(self, chunk: list[_EmbedItem]) -> AsyncIterator[EmbedResult]:
+        """One chunk of images through ``POST /embed``, followed to one result each
+        (413: split; 422: the images it names fail, the rest is sent again)."""
+        def encode_all() -> tuple[list[_EmbedItem], list[EmbedResult]]:
+            ready, failed = [], []
+            for item in chunk:
+                try:
+                    item.body = {"image": inputs.encode(item.image)}
+                except inputs.InputError as e:
+                    failed.append(item.result(error=e.reason, field="image"))
+                else:
+                    ready.append(item)
+            return ready, failed
+
+        ready, failed = await asyncio.to_thread(encode_all)
+        for result in failed:
+            yield result
+        pending = [ready] if ready else []
+        while pending:
+            part = pending.pop(0)
+            limit = self.effective_embed_chunk_size
+            if len(part) > limit:
+                pending[:0] = [part[i:i + limit] for i in range(0, len(part), limit)]
+                continue
+            # ids are positions in this request: the answer is checked against them
+            images = [{**item.body, "id": i} for i, item in enumerate(part)
+                      if item.body is not None]
+            body = json.dumps({"images": images, "encoding": "base64"}).encode()
+            try:
+                response = await self._post("/embed", body, len(part), images=True)
+            except _GiveUp as e:
+                for item in part:
+                    yield item.result(error=e.reason, field=None, retryable=True)
+                continue
+            if response.status_code == 200:
+                for result in self._embeddings(part, response):
+                    yield result
+            elif response.status_code == 413:
+                parts, too_large = self._split(part, response, "MAX_IMAGES_PER_REQUEST")
+                for result in too_large:
+                    yield result
+                pending[:0] = parts
+            elif response.status_code == 422:
+                named, rest = self._pair_errors(part, response)
+                for result in named:
+                    yield result
+                if rest:
+                    self.stats.resent += 1
+                    pending.insert(0, rest)
+            else:
+                raise ServiceError(f"POST {self.url}/embed answered HTTP "
+                                   f"{response.status_code}: {_detail(response)}")
+
+    def _embeddings(self, part: list[_EmbedItem], response: httpx.Response
+                    ) -> list[EmbedResult]:
+        try:
+            answer = response.json()
+            embeddings = answer["embeddings"]
+            model_type, dim = str(answer["model_type"]), int(answer["dim"])
+            assert len(embeddings) == len(part), f"{len(embeddings)} embeddings for {len(part)}"
+            out = []
+            for i, (item, e) in enumerate(zip(part, embeddings, strict=True)):
+                assert e.get("id") == i, "id not echoed in order"
+                vector = base64.b64decode(e["embedding"], validate=True)
+                assert len(vector) == 4 * dim, f"{len(vector)} bytes for dim {dim}"
+                out.append(item.result(embedding=vector, model_type=model_type))
+            return out
+        except (ValueError, KeyError, TypeError, AssertionError, binascii.Error) as e:
+            raise ServiceError(f"/embed answered 200 with an unexpected body: {e}") from None
+
+    async def _post(self, path: str, body: bytes, count: int, *, images: bool = False
+                    ) -> httpx.Response:
+        """One request of ``count`` pairs (or images), retried on 429/502/503/504 and
+        connection errors."""
         retry = 0
         while True:
             wait = self._pause_until - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             self.stats.requests += 1
-            self.stats.pairs_sent += len(part)
-            self.stats.largest_request = max(self.stats.largest_request, len(part))
+            if images:
+                self.stats.images_sent += count
+            else:
+                self.stats.pairs_sent += count
+            self.stats.largest_request = max(self.stats.largest_request, count)
             retry_after: float | None = None
             try:
-                response = await self._send(body)
+                response = await self._send(path, body)
             except httpx.TransportError as e:
                 cause = type(e).__name__
                 reason = f"{cause}: {e}" if str(e) else cause
@@ -341,13 +477,13 @@ class AsyncSimilarityClient:
             self._ceiling_checked = now
         self._window = min(self._ceiling, self._window + 1 / self._window)
 
-    async def _send(self, body: bytes) -> httpx.Response:
+    async def _send(self, path: str, body: bytes) -> httpx.Response:
         """POST once, when fewer than the current window of requests are in flight."""
         async with self._flow:
             await self._flow.wait_for(lambda: self._in_flight < max(1, int(self._window)))
             self._in_flight += 1
         try:
-            return await self._http.post(f"{self.url}/similarity", content=body,
+            return await self._http.post(f"{self.url}{path}", content=body,
                                          headers={"Content-Type": "application/json"})
         finally:
             async with self._flow:
@@ -367,28 +503,32 @@ class AsyncSimilarityClient:
         except (ValueError, KeyError, TypeError, AssertionError) as e:
             raise ServiceError(f"the service answered 200 with an unexpected body: {e}") from None
 
-    def _split(self, part: list[_Item], response: httpx.Response
-               ) -> tuple[list[list[_Item]], list[PairResult]]:
-        """Smaller parts after a 413: the service's pair limit if it names one, else halves.
-        A single pair refused as too large is that pair's error."""
+    def _split(self, part: list[_X], response: httpx.Response, setting: str
+               ) -> tuple[list[list[_X]], list[Any]]:
+        """Smaller parts after a 413: the service's limit (``setting``: pairs or images)
+        if it names one, else halves. A single item refused as too large is its error."""
         detail = _detail(response)
-        limit = _pair_limit(response)
+        limit = _limit(response, setting)
         size = len(part) // 2
         if limit is not None:
             if limit < 1:
-                raise ServiceError(f"the service accepts no pairs at all: {detail}")
-            self.stats.pair_limit = min(limit, self.stats.pair_limit or limit)
-            if self.stats.pair_limit < len(part):
-                size = self.stats.pair_limit
+                raise ServiceError(f"the service accepts nothing at all: {detail}")
+            attr = "pair_limit" if setting == "MAX_PAIRS_PER_REQUEST" else "image_limit"
+            learned = min(limit, getattr(self.stats, attr) or limit)
+            setattr(self.stats, attr, learned)
+            if learned < len(part):
+                size = learned
         if size < 1:
+            field = "pair" if isinstance(part[0], _Item) else "image"
             return [], [part[0].result(error=f"refused as too large (HTTP 413): {detail}",
-                                       field="pair")]
+                                       field=field)]
         self.stats.splits += 1
         return [part[i:i + size] for i in range(0, len(part), size)], []
 
-    def _pair_errors(self, part: list[_Item], response: httpx.Response
-                     ) -> tuple[list[PairResult], list[_Item]]:
-        """The pairs a 422 names become errors; the others are returned to be sent again."""
+    def _pair_errors(self, part: list[_X], response: httpx.Response
+                     ) -> tuple[list[Any], list[_X]]:
+        """The pairs (or images) a 422 names become errors; the others are returned to be
+        sent again."""
         detail = _detail(response)
         try:
             errors = response.json().get("errors") or []

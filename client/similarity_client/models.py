@@ -12,6 +12,7 @@ from typing import Any, Union
 # (A PIL image is typed Any: Pillow is optional.)
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Any]  # noqa: UP007
 PairId = str | int | None
+ImageId = str | int
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,39 @@ class PairResult:
         return out
 
 
+@dataclass(frozen=True)
+class EmbedResult:
+    """The outcome of one image sent to ``/embed``: its embedding, or an error.
+
+    ``embedding`` is the ``dim`` little-endian float32 values as bytes (the client itself
+    needs no numpy: ``numpy.frombuffer(r.embedding, "<f4")``); ``model_type`` is the variant
+    that computed it. ``retryable`` as in :class:`PairResult`.
+    """
+
+    image_id: ImageId
+    image: str
+    embedding: bytes | None = None
+    model_type: str | None = None
+    error: str | None = None
+    field: str | None = None
+    retryable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 @dataclass
 class ClientStats:
     """What a client did on the wire: requests, retries by cause, the pair limit learned."""
 
     requests: int = 0
     pairs_sent: int = 0
+    images_sent: int = 0  # to /embed
     retries: Counter[str] = field(default_factory=Counter)
     splits: int = 0  # chunks split again after a 413
     resent: int = 0  # chunks re-sent without the pairs a 422 named
     pair_limit: int | None = None  # learned from a 413 answer
+    image_limit: int | None = None  # /embed's, learned from a 413 answer
     largest_request: int = 0
     lowest_concurrency: int = 0  # requests in flight allowed after 429/503 answers, at least

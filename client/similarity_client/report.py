@@ -56,8 +56,11 @@ def _thumbnail(source: str) -> str | None:
 
 
 def histogram_svg(distances: Sequence[float], *, bins: int = 30, width: int = 760,
-                  height: int = 260, stats: DistanceStats | None = None) -> str:
-    """Inline SVG: counts of distances in ``bins`` equal bins, with mean/median/p95 marks."""
+                  height: int = 260, stats: DistanceStats | None = None,
+                  svg_id: str = "histogram", unit: str = "pair(s)",
+                  marks: Sequence[tuple[str, float, str]] = ()) -> str:
+    """Inline SVG: counts of distances in ``bins`` equal bins, with mean/median/p95 marks
+    (and any further ``(name, value, colour)`` marks)."""
     lo, hi = min(distances), max(distances)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.005, hi + 0.005
@@ -72,7 +75,7 @@ def histogram_svg(distances: Sequence[float], *, bins: int = 30, width: int = 76
     def x_of(v: float) -> float:
         return left + (v - lo) / (hi - lo) * pw
 
-    parts = [f'<svg id="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+    parts = [f'<svg id="{svg_id}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="histogram of {len(distances)} distances">',
              f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>']
@@ -81,7 +84,7 @@ def histogram_svg(distances: Sequence[float], *, bins: int = 30, width: int = 76
         a, b = lo + (hi - lo) * i / bins, lo + (hi - lo) * (i + 1) / bins
         parts.append(f'<rect class="bar" x="{left + i * bw + 1:.1f}" y="{up + ph - h:.1f}" '
                      f'width="{max(bw - 2, 1):.1f}" height="{h:.1f}" fill="#4a78b5">'
-                     f'<title>{a:.4f} to {b:.4f}: {c} pair(s)</title></rect>')
+                     f'<title>{a:.4f} to {b:.4f}: {c} {unit}</title></rect>')
     parts.append(f'<line x1="{left}" y1="{up + ph}" x2="{left + pw}" y2="{up + ph}" '
                  'stroke="#333"/>')
     parts.append(f'<line x1="{left}" y1="{up}" x2="{left}" y2="{up + ph}" stroke="#333"/>')
@@ -94,10 +97,14 @@ def histogram_svg(distances: Sequence[float], *, bins: int = 30, width: int = 76
     for k in (0, top):
         parts.append(f'<text x="{left - 6}" y="{up + ph - ph * k / max(top, 1) + 4:.1f}" '
                      f'font-size="11" text-anchor="end">{k}</text>')
+    shown = list(marks)
     if stats is not None:
-        marks = (("mean", stats.mean, "#d9534f"), ("median", stats.median, "#2a9d3a"),
-                 ("p95", stats.p95, "#e69500"))
-        for row, (name, v, color) in enumerate(marks):
+        shown[:0] = [("mean", stats.mean, "#d9534f"), ("median", stats.median, "#2a9d3a"),
+                     ("p95", stats.p95, "#e69500")]
+    if shown:
+        for row, (name, v, color) in enumerate(shown):
+            if not lo <= v <= hi:
+                continue
             x = x_of(v)
             parts.append(f'<line x1="{x:.1f}" y1="{up}" x2="{x:.1f}" y2="{up + ph}" '
                          f'stroke="{color}" stroke-dasharray="4 3"><title>{name} {v:.4f}'

@@ -217,8 +217,19 @@ def test_the_client_builds_alone_and_imports_without_torch_kserve_or_pillow(
     assert "similarity_client/cli.py" in names and "similarity_client/py.typed" in names
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist")]
     assert not any(dep in line for line in requires for dep in ("torch", "kserve"))
+    plain = sorted(line.split()[1].split(">")[0] for line in requires if "extra ==" not in line)
+    assert plain == ["httpx", "tqdm"], plain  # `pip install similarity-client` brings no more
+    extras = {line.split("extra ==")[1].strip().strip("'\"") for line in requires
+              if "extra ==" in line}
+    assert {"eval", "parquet"} <= extras, extras
+    for dep in ("numpy", "scipy", "faiss-cpu", "prdc", "vendi-score"):
+        assert any(line.startswith(f"Requires-Dist: {dep}") and "extra == \"eval\"" in line
+                   for line in requires), (dep, requires)
+    assert any(line.startswith("Requires-Dist: pyarrow") and "extra == \"parquet\"" in line
+               for line in requires), requires
     assert "similarity-client = similarity_client.cli:main" in entry
-    probe = ("import sys, similarity_client, similarity_client.cli, similarity_client.report; "
+    probe = ("import sys, similarity_client, similarity_client.cli, similarity_client.report, "
+             "similarity_client.evalcli; "
              "print(sorted(m for m in ('torch', 'kserve', 'PIL', 'numpy') if m in sys.modules))")
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                               env={"PYTHONPATH": str(wheel)}, timeout=120)
