@@ -218,7 +218,7 @@ def flood_kinds() -> dict[str, tuple[str, bytes]]:
     small = base64.b64encode(_photo_jpeg(64)).decode()
     kinds["embed-256-identical"] = ("/embed", json.dumps(
         {"images": [{"image": small, "id": i} for i in range(256)]}).encode())
-    kinds["one-picture-36-ways"] = ("/similarity", _pairs(_ways(_photo_jpeg(1500), 36)))
+    kinds["one-picture-36-ways"] = ("/similarity", _pairs(_ways(_photo_jpeg(800), 36)))
     return kinds
 
 
@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run the transformer from this checkout instead (before/after)")
     p.add_argument("--flood-s", type=float, default=40.0,
                    help="seconds each flood lasts at most [40]")
+    p.add_argument("--flood", action="append", default=[],
+                   help="run only this flood (repeatable) [all]")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "worst_case.json")
     args = p.parse_args(argv)
     parts = set(args.only.split(","))
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     if "walks" in parts:
         print("header walk (imageguard) vs Pillow:", flush=True)
         out["header_walks"] = header_walks()
-    with fake_predictor("ok") as grpc:
+    with fake_predictor("described") as grpc:
         if "images" in parts:
             print("one request per hostile kind (fresh transformer each):", flush=True)
             out["requests"] = [one_request(args.code, grpc, name, route, body,
@@ -334,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"floods: {clients} requests at once, /health every 100 ms:", flush=True)
             out["floods"] = [flood(args.code, grpc, name, route, body, clients, args.flood_s,
                                    log_dir / f"worst-case-flood-{name}.log")
-                             for name, (route, body) in flood_kinds().items()]
+                             for name, (route, body) in flood_kinds().items()
+                             if not args.flood or name in args.flood]
         if "largest" in parts:
             out["runs"] = largest(grpc, settings, clients, log_dir)
     out["load_at_end"] = os.getloadavg()

@@ -59,8 +59,13 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             out = np.full((n, 768), 1 / np.sqrt(768), np.float32)
         tensor = pb.ModelInferResponse.InferOutputTensor(name="embedding", datatype="FP32",
                                                          shape=list(out.shape))
+        parameters = {}
+        if self.behaviour == "described":  # what /embed needs to answer: variant and size
+            parameters = {"model_type": pb.InferParameter(string_param="fake"),
+                          "embedding_dim": pb.InferParameter(int64_param=768)}
         return pb.ModelInferResponse(model_name="dreamsim", id=request.id, outputs=[tensor],
-                                     raw_output_contents=[out.tobytes()])
+                                     raw_output_contents=[out.tobytes()],
+                                     parameters=parameters)
 
 
 async def _serve(port: int, behaviour: str, delay_s: float, record: str = "") -> None:
