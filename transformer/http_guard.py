@@ -135,6 +135,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head or self.transport.is_closing():
             return
         metrics.HTTP_REFUSED.labels("header_timeout").inc()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head, late, while the previous answer is still being made: no
+            # 408 in the middle of it; the connection closes once it is sent.
+            self.cycle.keep_alive = False
+            return
         if self._head_bytes:
             self.transport.write(_response(
                 408, f"the request headers did not arrive within {self.limits.timeout_s:g} s "
