@@ -243,6 +243,7 @@ def cached_upstream_cache(variant: str, *, seed: int = 0, lora: dict[str, Any] |
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
         try:
             build_upstream_cache(tmp, variant, seed=seed, lora=lora)
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from other users and containers
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

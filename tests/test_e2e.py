@@ -122,7 +122,7 @@ if "pytest" in sys.modules:
     import pytest
     import torch
 
-    from tests.checkpoints import upstream_dreamsim
+    from tests.checkpoints import cached_upstream_dreamsim
     from tests.conftest import ImageHost
 
     @pytest.mark.slow
@@ -156,7 +156,7 @@ if "pytest" in sys.modules:
         body = r.json()
         check_response(body, pairs)
 
-        model, preprocess = upstream_dreamsim(dino_weights_dir, "dino_vitb16")
+        model, preprocess = cached_upstream_dreamsim(dino_weights_dir, "dino_vitb16")
         with torch.no_grad():
             xa = torch.cat([preprocess(Image.open(io.BytesIO(a))) for a, _ in sides])
             xb = torch.cat([preprocess(Image.open(io.BytesIO(b))) for _, b in sides])
