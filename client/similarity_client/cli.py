@@ -11,9 +11,11 @@
     similarity-client compare generated/ references/ --url ... --out metrics.json \\
         [--report compare.html]                                 # needs the [eval] extra
 
-Exit status: 0 when every pair has a line in OUT (scores or per-pair errors), 1 when some
-pairs could not be scored because the service stayed unavailable (run again to retry
-them), 2 for a usage error or a service error no retry can fix, 130 when interrupted.
+Exit status: 0 when every pair has a line in OUT (scores or per-pair errors; with
+--fail-on-errors, 1 when any of them is an error line), 1 when some pairs could not be
+scored because the service stayed unavailable or not ready (run again to retry them), 2
+for a usage error, a URL that cannot be reached or a service error no retry can fix, 130
+when interrupted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import evalcli
-from .client import DEFAULT_CHUNK_SIZE, AsyncSimilarityClient, ServiceError
+from .client import DEFAULT_CHUNK_SIZE, INITIAL_CHUNK_SIZE, AsyncSimilarityClient, ServiceError
+from .health import NotReady, wait_until_ready
 from .models import Pair
 from .output import OutputError, ResultWriter, read_records
 from .pairs import PairsError, read_pairs
@@ -74,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--chunk-size", type=_positive, default=DEFAULT_CHUNK_SIZE,
                        help=f"pairs per request at most (default {DEFAULT_CHUNK_SIZE}; lowered "
                             "to the service's MAX_PAIRS_PER_REQUEST when it answers 413)")
+    score.add_argument("--target-seconds", type=float, default=8.0, metavar="S",
+                       help=f"adapt the chunk so that one request takes about S seconds: "
+                            f"start at {INITIAL_CHUNK_SIZE} pairs, then as the measured time "
+                            "per pair says, up to --chunk-size (default 8; 0: always "
+                            "--chunk-size)")
+    score.add_argument("--wait-ready", type=float, default=300.0, metavar="S",
+                       help="wait at most S seconds for a service still loading (GET /health "
+                            "answers 503) before giving up with exit status 1 (default 300)")
+    score.add_argument("--fail-on-errors", action="store_true",
+                       help="exit 1 when any pair has an error line in OUT (for CI)")
     score.add_argument("--timeout", type=float, default=300.0,
                        help="seconds one request may take (default 300)")
     score.add_argument("--max-retries", type=int, default=10,
@@ -154,14 +167,28 @@ def cmd_score(args: argparse.Namespace) -> int:
     pairs = pairset.pairs
     todo = [p for p in pairs if str(p.pair_id) not in writer.done]
     summary = RunSummary(total=len(pairs), already_done=len(pairs) - len(todo))
+    adaptive = args.target_seconds > 0
     print(f"{len(pairs)} pair(s); {summary.already_done} already in {args.out}; scoring "
           f"{len(todo)} with up to {args.concurrency} request(s) of up to {args.chunk_size} "
-          f"pairs at {args.url}", file=sys.stderr)
+          f"pairs" + (f" (adapted to about {args.target_seconds:g} s per request)"
+                      if adaptive else "") + f" at {args.url}", file=sys.stderr)
+    if todo:
+        try:
+            unhealthy = wait_until_ready(args.url, wait_s=max(args.wait_ready, 0.0),
+                                         headers=dict(args.header),
+                                         say=lambda m: print(f"{PROG}: {m}", file=sys.stderr))
+        except NotReady as e:
+            writer.close()
+            _error(str(e))
+            return e.exit_code
+        if unhealthy:
+            print(f"{PROG}: warning: {unhealthy}", file=sys.stderr)
     client = AsyncSimilarityClient(
         args.url, concurrency=args.concurrency, chunk_size=args.chunk_size,
         timeout_s=args.timeout, headers=dict(args.header),
         retry=RetryPolicy(max_retries=args.max_retries,
-                          max_delay_s=max(args.max_backoff, 0.5)))
+                          max_delay_s=max(args.max_backoff, 0.5)),
+        target_request_s=args.target_seconds if adaptive else None)
     progress = tqdm(total=len(pairs), initial=summary.already_done, unit="pair",
                     file=sys.stderr, disable=args.no_progress, smoothing=0.05,
                     dynamic_ncols=True)
@@ -181,9 +208,16 @@ def cmd_score(args: argparse.Namespace) -> int:
         progress.close()
     records = read_records(args.out)
     summary.stats = DistanceStats.of(distances_of(records))
+    ids = {str(p.pair_id) for p in pairs}
+    summary.errors_in_out = sum(1 for r in records
+                                if r.get("error") and str(r.get("pair_id")) in ids)
     print(summary.format(out=str(args.out)))
     if client.stats.pair_limit:
         print(f"  the service's pair limit: {client.stats.pair_limit} (learned from a 413)")
+    if adaptive and client.stats.requests:
+        print(f"  chunk size at the end: {client.next_chunk_size} pair(s) "
+              f"(adapted to about {args.target_seconds:g} s per request, at most "
+              f"{client.effective_chunk_size})")
     if client.stats.retries:
         print("  retries: " + ", ".join(f"{n} x {cause}"
                                          for cause, n in client.stats.retries.most_common()))
@@ -195,6 +229,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                      source=str(args.out), top=args.report_top)
         print(f"report: {args.report}")
     if code == 0 and summary.not_scored:
+        code = 1
+    if code == 0 and args.fail_on_errors and summary.errors_in_out:
+        print(f"exit status 1: {summary.errors_in_out} pair(s) have error lines "
+              "(--fail-on-errors)", file=sys.stderr)
         code = 1
     return code
 

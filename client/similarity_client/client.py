@@ -4,7 +4,12 @@ way (images instead of pairs, ``MAX_IMAGES_PER_REQUEST`` instead of the pair lim
 
 Pairs are cut into chunks (at most ``chunk_size``, and never more than the service's
 limit once a 413 has told it), ``concurrency`` chunks are in flight at once, and each
-chunk is followed through to one result per pair:
+chunk is followed through to one result per pair. With ``target_request_s`` set, the
+chunk adapts to the service's speed: it starts at ``initial_chunk_size`` pairs and, after
+each scored request, becomes what the measured time per pair says fits in
+``target_request_s`` (at most double the last one, never above the maximum), so that a
+slow (CPU) service still returns results every few seconds instead of one large chunk
+computing for a minute (work that is lost on Ctrl-C). Answers:
 
 - 200: one score per pair, in request order;
 - 413 (too many pairs or too large a body): split and sent again; the answer's ``limit``
@@ -41,6 +46,7 @@ from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 PairLike = Pair | tuple[ImageInput, ImageInput] | tuple[ImageInput, ImageInput, PairId] | dict
 
 DEFAULT_CHUNK_SIZE = 32  # 64 images: one GPU batch at the service's BATCH_SIZE_LIMIT
+INITIAL_CHUNK_SIZE = 4  # adaptive chunks start here: results within seconds even on a CPU
 PROBE_EVERY_S = 10.0  # after a 429/503, one more request in flight at most this often
 
 
@@ -146,12 +152,17 @@ class AsyncSimilarityClient:
         retry: backoff for 429/502/503/504 and connection errors.
         headers: sent with every request (e.g. an ``Authorization`` for a gateway).
         transport: an httpx transport (tests, proxies); default: a plain connection pool.
+        target_request_s: adapt the chunk so that one request takes about this long
+            (None: always ``chunk_size`` pairs).
+        initial_chunk_size: the first adaptive chunk (only with ``target_request_s``).
     """
 
     def __init__(self, url: str, *, concurrency: int = 4, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  timeout_s: float = 300.0, retry: RetryPolicy | None = None,
                  headers: dict[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 target_request_s: float | None = None,
+                 initial_chunk_size: int = INITIAL_CHUNK_SIZE) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if chunk_size < 1:
@@ -159,6 +170,13 @@ class AsyncSimilarityClient:
         self.url = url.rstrip("/")
         self.concurrency = concurrency
         self.chunk_size = chunk_size
+        if target_request_s is not None and target_request_s <= 0:
+            raise ValueError("target_request_s must be > 0")
+        self.target_request_s = target_request_s
+        # The adaptive chunk size (pairs); None: fixed chunks of chunk_size.
+        self._adaptive: float | None = (
+            float(max(1, min(initial_chunk_size, chunk_size)))
+            if target_request_s is not None else None)
         self.retry = retry or RetryPolicy()
         self.stats = ClientStats(lowest_concurrency=concurrency)
         self._http = httpx.AsyncClient(
@@ -196,6 +214,23 @@ class AsyncSimilarityClient:
         limit = self.stats.image_limit
         return min(2 * self.chunk_size, limit) if limit else 2 * self.chunk_size
 
+    @property
+    def next_chunk_size(self) -> int:
+        """Pairs in the next request: the effective maximum, or less while adapting."""
+        size = self.effective_chunk_size
+        if self._adaptive is not None:
+            size = max(1, min(size, int(self._adaptive)))
+        return size
+
+    def _learn_speed(self, pairs: int, seconds: float) -> None:
+        """After a scored request of ``pairs`` that took ``seconds``: the chunk that the
+        measured time per pair fits in the target, growing at most twofold at a time."""
+        if self._adaptive is None or self.target_request_s is None or pairs < 1:
+            return
+        per_pair = max(seconds, 1e-6) / pairs
+        ideal = self.target_request_s / per_pair
+        self._adaptive = max(1.0, min(ideal, 2.0 * pairs, float(self.effective_chunk_size)))
+
     async def score(self, pairs: Iterable[PairLike] | AsyncIterable[PairLike]
                     ) -> AsyncIterator[PairResult]:
         """Score ``pairs``; yields one :class:`PairResult` per pair as chunks complete.
@@ -215,7 +250,7 @@ class AsyncSimilarityClient:
                 yield _Item(pair.pair_id, pair.reference, pair.generated,
                             inputs.label(pair.reference), inputs.label(pair.generated))
 
-        async for result in self._pipeline(items(), lambda: self.effective_chunk_size,
+        async for result in self._pipeline(items(), lambda: self.next_chunk_size,
                                            self._score_chunk):
             yield result
 
@@ -244,25 +279,36 @@ class AsyncSimilarityClient:
 
     async def _pipeline(self, items: AsyncIterator[_T], chunk_size: Callable[[], int],
                         process: Callable[[list[_T]], AsyncIterator[_R]]) -> AsyncIterator[_R]:
-        """Items cut into chunks of ``chunk_size()``, ``concurrency`` chunks processed at
-        once by ``process``; its results are yielded as they come."""
-        work: asyncio.Queue[list[_T] | None] = asyncio.Queue(maxsize=self.concurrency)
+        """Items processed by ``process`` in chunks, ``concurrency`` chunks at once; its
+        results are yielded as they come.
+
+        Items, not chunks, are queued: a worker cuts its chunk when it is ready to send it,
+        at ``chunk_size()`` as learned from the requests answered so far (adaptive chunks,
+        a limit from a 413), taking what is queued now without waiting for more.
+        """
+        work: asyncio.Queue[_T | None] = asyncio.Queue(
+            maxsize=2 * self.chunk_size * (self.concurrency + 1))
         results: asyncio.Queue[_R | BaseException | None] = asyncio.Queue()
 
         async def produce() -> None:
-            chunk: list[_T] = []
             async for item in items:
-                chunk.append(item)
-                if len(chunk) >= chunk_size():
-                    await work.put(chunk)
-                    chunk = []
-            if chunk:
-                await work.put(chunk)
+                await work.put(item)
             for _ in range(self.concurrency):
                 await work.put(None)
 
         async def worker() -> None:
-            while (chunk := await work.get()) is not None:
+            last = False
+            while not last and (first := await work.get()) is not None:
+                chunk = [first]
+                while len(chunk) < chunk_size():
+                    try:
+                        item = work.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if item is None:  # this worker's end: send what it has, then stop
+                        last = True
+                        break
+                    chunk.append(item)
                 async for result in process(chunk):
                     results.put_nowait(result)
 
@@ -325,8 +371,8 @@ class AsyncSimilarityClient:
         pending = [ready] if ready else []
         while pending:
             part = pending.pop(0)
-            limit = self.effective_chunk_size
-            if len(part) > limit:  # the limit was learned while this chunk waited
+            limit = self.next_chunk_size
+            if len(part) > limit:  # a limit learned (or a smaller chunk) while this waited
                 pending[:0] = [part[i:i + limit] for i in range(0, len(part), limit)]
                 continue
             body = json.dumps({"pairs": [item.body for item in part]}).encode()
@@ -442,7 +488,7 @@ class AsyncSimilarityClient:
             self.stats.largest_request = max(self.stats.largest_request, count)
             retry_after: float | None = None
             try:
-                response = await self._send(path, body)
+                response = await self._send(path, body, 0 if images else count)
             except httpx.TransportError as e:
                 cause = type(e).__name__
                 reason = f"{cause}: {e}" if str(e) else cause
@@ -477,14 +523,20 @@ class AsyncSimilarityClient:
             self._ceiling_checked = now
         self._window = min(self._ceiling, self._window + 1 / self._window)
 
-    async def _send(self, path: str, body: bytes) -> httpx.Response:
-        """POST once, when fewer than the current window of requests are in flight."""
+    async def _send(self, path: str, body: bytes, pairs: int = 0) -> httpx.Response:
+        """POST once, when fewer than the current window of requests are in flight; a
+        200's time (from sending to the answer) of ``pairs`` pairs teaches the adaptive
+        chunk size."""
         async with self._flow:
             await self._flow.wait_for(lambda: self._in_flight < max(1, int(self._window)))
             self._in_flight += 1
         try:
-            return await self._http.post(f"{self.url}{path}", content=body,
-                                         headers={"Content-Type": "application/json"})
+            started = time.monotonic()
+            response = await self._http.post(f"{self.url}{path}", content=body,
+                                             headers={"Content-Type": "application/json"})
+            if response.status_code == 200 and pairs:
+                self._learn_speed(pairs, time.monotonic() - started)
+            return response
         finally:
             async with self._flow:
                 self._in_flight -= 1

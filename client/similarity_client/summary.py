@@ -55,6 +55,7 @@ class RunSummary:
     wall_s: float = 0.0
     interrupted: bool = False
     stats: DistanceStats | None = None
+    errors_in_out: int = 0  # pairs of PAIRS with an error line in OUT (this run or before)
 
     def add(self, result: PairResult) -> None:
         if result.ok:
@@ -75,7 +76,9 @@ class RunSummary:
                  + f" in {self.wall_s:.1f} s: {self.scored} pair(s) scored, "
                  f"{sum(self.failed.values())} failed ({rate:.1f} pairs/s)"]
         if self.already_done:
-            lines.append(f"  {self.already_done} pair(s) were already in {out} (resumed)")
+            earlier = max(0, self.errors_in_out - sum(self.failed.values()))
+            lines.append(f"  {self.already_done} pair(s) were already in {out} (resumed)"
+                         + (f", {earlier} of them error lines" if earlier else ""))
         for title, counter in (("failed (written as error lines)", self.failed),
                                ("not scored (service unavailable; run again to retry)",
                                 self.not_scored)):
@@ -89,6 +92,9 @@ class RunSummary:
         if self.missing > 0:
             lines.append(f"  {self.missing} pair(s) still missing from {out}: run the same "
                          "command again to resume")
+        if self.errors_in_out:
+            lines.append(f"  {self.errors_in_out} pair(s) in {out} have an error line, not a "
+                         "score: fix their inputs and run again with --retry-errors")
         s = self.stats
         if s is not None:
             lines.append(f"  distance over {s.count} scored pair(s) in {out}: mean {s.mean:.4f}, "

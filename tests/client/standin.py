@@ -57,6 +57,9 @@ class StandIn:
     hold: Callable[[list[dict[str, Any]]], None] | None = None  # called before answering
     max_in_flight: int | None = None  # more requests at once: 429, as the admission does
     delay_s: float = 0.0  # each scored request takes this long
+    delay_per_pair_s: float = 0.0  # ... plus this per pair (a slow, CPU-like service)
+    health: list[int] = field(default_factory=list)  # GET /health statuses, then 200
+    health_calls: int = 0
     in_flight: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,7 +96,7 @@ class StandIn:
             if busy:
                 return 429, {}, {"detail": "the service is busy: too many requests in "
                                            "flight; retry shortly", "errors": []}
-            time.sleep(self.delay_s)
+            time.sleep(self.delay_s + self.delay_per_pair_s * len(pairs))
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -115,6 +118,21 @@ def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/health":
+                with standin.lock:
+                    standin.health_calls += 1
+                    status = standin.health.pop(0) if standin.health else 200
+                body = {"status": "ok" if status == 200 else "loading"}
+            else:
+                status, body = 404, {"detail": "Not Found"}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from similarity_client import PairResult
+from similarity_client import PairResult, health
 from similarity_client.cli import main
 from similarity_client.output import OutputError, ResultWriter, read_records
 from similarity_client.pairs import PairsError, read_pairs
@@ -18,6 +21,7 @@ from similarity_client.report import build_report
 
 from tests.client.standin import StandIn, fake_distance, serve
 from tests.client.test_client_unit import png
+from tests.procs import free_port
 
 
 def write_images(folder: Path, names: list[str]) -> None:
@@ -117,7 +121,8 @@ def test_cli_scores_resumes_without_duplicates_and_summarises(
     out = tmp_path / "scores.jsonl"
     with serve(StandIn(pair_limit=4)) as s:
         args = ["score", str(tmp_path / "ref"), str(tmp_path / "gen"), "--url", s.url,
-                "--out", str(out), "--chunk-size", "5", "--concurrency", "2"]
+                "--out", str(out), "--chunk-size", "5", "--concurrency", "2",
+                "--target-seconds", "0"]  # fixed chunks of 5: over the limit of 4
         assert main([*args, "--report", str(tmp_path / "r.html")]) == 0
         first = capsys.readouterr()
         records = read_records(out)
@@ -234,3 +239,102 @@ def test_the_client_builds_alone_and_imports_without_torch_kserve_or_pillow(
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                               env={"PYTHONPATH": str(wheel)}, timeout=120)
     assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported.stderr
+
+
+def _pairs_file(tmp_path: Path, n: int, bad: tuple[int, ...] = ()) -> Path:
+    """``n`` pairs of small PNGs in a JSONL (pair ``k`` in ``bad`` gets the stand-in's
+    undecodable image as its generated side)."""
+    write_images(tmp_path / "img", [f"{i}.png" for i in range(n)])
+    (tmp_path / "img" / "bad.png").write_bytes(b"bad")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"reference": f"img/{i}.png",
+                                        "generated": "img/bad.png" if i in bad
+                                        else f"img/{(i + 1) % n}.png", "pair_id": f"p{i}"})
+                            + "\n" for i in range(n)))
+    return path
+
+
+def test_cli_says_cannot_connect_at_once_for_a_wrong_url(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = _pairs_file(tmp_path, 3)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    # Without the /health check this retried (here briefly) and ended "not scored", exit 1.
+    assert main(["score", str(pairs), "--url", url, "--out", str(tmp_path / "o.jsonl"),
+                 "--max-retries", "2", "--max-backoff", "0.1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot connect to {url}" in err and "check --url" in err
+    assert read_records(tmp_path / "o.jsonl") == []
+
+
+def test_cli_waits_visibly_for_a_loading_service_and_gives_up_when_told(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "POLL_EVERY_S", 0.05)
+    pairs = _pairs_file(tmp_path, 3)
+    out = tmp_path / "o.jsonl"
+    with serve(StandIn(health=[503, 503])) as s:
+        assert main(["score", str(pairs), "--url", s.url, "--out", str(out),
+                     "--no-progress"]) == 0
+        assert s.health_calls == 3
+    assert "waiting for the service at" in capsys.readouterr().err
+    assert len(read_records(out)) == 3
+    with serve(StandIn(health=[503] * 10_000)) as s:
+        assert main(["score", str(pairs), "--url", s.url, "--out", str(tmp_path / "o2.jsonl"),
+                     "--wait-ready", "0.3", "--no-progress"]) == 1
+        assert s.received == []  # nothing sent to a service that is not ready
+    assert "still not ready" in capsys.readouterr().err
+
+
+def test_cli_summary_counts_error_lines_after_resume_and_fail_on_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = _pairs_file(tmp_path, 6, bad=(2, 4))
+    out = tmp_path / "o.jsonl"
+    with serve(StandIn()) as s:
+        args = ["score", str(pairs), "--url", s.url, "--out", str(out), "--no-progress"]
+        assert main(args) == 0
+        first = capsys.readouterr().out
+        assert "4 pair(s) scored, 2 failed" in first
+        assert "2 pair(s) in" in first and "--retry-errors" in first
+        assert main(args) == 0  # resumed: nothing to score, but the errors are still there
+        again = capsys.readouterr().out
+        assert "6 pair(s) were already in" in again and "2 of them error lines" in again
+        assert "2 pair(s) in" in again and "--retry-errors" in again
+        assert main([*args, "--fail-on-errors"]) == 1
+        assert "--fail-on-errors" in capsys.readouterr().err
+    fine = _pairs_file(tmp_path / "fine", 3)
+    with serve(StandIn()) as s:
+        assert main(["score", str(fine), "--url", s.url, "--out", str(tmp_path / "f.jsonl"),
+                     "--no-progress", "--fail-on-errors"]) == 0
+    assert "error line" not in capsys.readouterr().out
+
+
+def test_cli_writes_the_first_small_chunk_while_the_rest_is_computing(tmp_path: Path) -> None:
+    # The first request holds 4 pairs (the adaptive start); the service then holds the
+    # second one until the test releases it: the 4 scores must be in OUT meanwhile (with
+    # 32-pair chunks, nothing was written before the whole chunk came back).
+    release = threading.Event()
+
+    def hold(pairs: list[dict[str, object]]) -> None:
+        if any(p["pair_id"] not in {"p0", "p1", "p2", "p3"} for p in pairs):
+            release.wait(60)
+
+    pairs = _pairs_file(tmp_path, 40)
+    out = tmp_path / "o.jsonl"
+    with serve(StandIn(hold=hold)) as s:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "similarity_client", "score", str(pairs), "--url", s.url,
+             "--out", str(out), "--concurrency", "1", "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                    out.exists() and len(out.read_text().splitlines()) >= 4):
+                time.sleep(0.1)
+            written = len(out.read_text().splitlines()) if out.exists() else 0
+            assert written == 4 and not release.is_set(), written
+        finally:
+            release.set()
+            output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert len(read_records(out)) == 40 and s.sizes()[0] == 4
+    assert max(s.sizes()) <= 32

@@ -161,6 +161,8 @@ def test_cli_killed_and_interrupted_then_resumed_scores_each_pair_once(
                               capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert f"{done} already in" in finished.stderr
+    # The real /health answered 200 and the chunks adapted (at most --chunk-size 64).
+    assert "chunk size at the end" in finished.stdout, finished.stdout
     records = read_records(out)
     counts = Counter(r["pair_id"] for r in records)
     assert counts == Counter(f"k{k}" for k in range(400)), counts.most_common(3)

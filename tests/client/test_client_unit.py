@@ -266,3 +266,33 @@ def test_async_client_streams_the_same_results() -> None:
         got = asyncio.run(run(s.url))
         sync = {r.pair_id: r.distance for r in SimilarityClient(s.url).score(pairs)}
     assert got == sync == {p.pair_id: pytest.approx(expected(p)) for p in pairs}
+
+
+def test_adaptive_chunks_start_small_grow_on_a_fast_service_and_stay_under_the_maximum() -> None:
+    with serve(StandIn()) as s:
+        client = SimilarityClient(s.url, concurrency=1, chunk_size=16, retry=FAST,
+                                  target_request_s=5.0)
+        results = list(client.score(numbered_pairs(60)))
+    assert len(results) == 60 and all(r.ok for r in results)
+    sizes = s.sizes()
+    # Each request on loopback takes milliseconds, far under 5 s: 4, then doubling to 16.
+    assert sizes[:3] == [4, 8, 16], sizes
+    assert max(sizes) == 16, sizes
+
+
+def test_adaptive_chunks_shrink_on_a_slow_service() -> None:
+    # 0.1 s per pair, a 0.25 s target: the first chunk of 4 takes 0.4 s (more under load),
+    # so the next ones are at most 2 pairs (the time per pair says 2.5 or fewer).
+    with serve(StandIn(delay_per_pair_s=0.1)) as s:
+        client = SimilarityClient(s.url, concurrency=1, chunk_size=32, retry=FAST,
+                                  target_request_s=0.25)
+        results = list(client.score(numbered_pairs(12)))
+    assert len(results) == 12 and all(r.ok for r in results)
+    sizes = s.sizes()
+    assert sizes[0] == 4 and max(sizes[1:]) <= 2, sizes
+
+
+def test_fixed_chunks_without_a_target() -> None:
+    with serve(StandIn()) as s:
+        list(SimilarityClient(s.url, concurrency=1, chunk_size=16).score(numbered_pairs(40)))
+    assert s.sizes() == [16, 16, 8]
