@@ -41,9 +41,11 @@ def embed_counts(url: str) -> tuple[float, float]:
             float(images.group(1)) if images else 0.0)
 
 
-def quiet_counts(url: str, still_s: float = 3.0) -> tuple[float, float]:
+def quiet_counts(url: str, still_s: float = 12.0) -> tuple[float, float]:
     """``embed_counts`` once they stop moving: a request of a stopped run that was in flight
-    is answered (and counted) a little later."""
+    is answered (and counted) later. The service finishes it even though nobody reads the
+    answer, and a chunk takes the CPU model several seconds on a loaded machine: 3 s of
+    stillness once counted a stopped run's last chunk in the next run's window."""
     last = embed_counts(url)
     while True:
         time.sleep(still_s)
