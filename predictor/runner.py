@@ -40,11 +40,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from service_common.wire import IMAGE_SHAPE
+
 from .model import DreamSimEmbedder
 
 log = logging.getLogger(__name__)
 
-IMAGE_SHAPE = (3, 224, 224)
 
 # gRPC's raw input buffers are read-only; the model only ever reads them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
