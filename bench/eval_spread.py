@@ -33,12 +33,12 @@ def draw(rng: np.random.Generator, n: int, generated: bool) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--draws", default="5,5,2", help="independent draws per size")
     parser.add_argument("--boot", default="20,20,0", help="bootstrap replicates per size (0: none)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     draws = [int(s) for s in args.draws.split(",")]
     boots = [int(s) for s in args.boot.split(",")]

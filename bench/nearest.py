@@ -151,7 +151,7 @@ def store_figures(n: int, dim: int) -> None:
               f"files, looking up, gathering the vectors)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=1000)
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--embed", type=int, default=64, help="images to embed (--url)")
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     load = os.getloadavg()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -42,6 +42,7 @@ not the one the distance is computed on.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from .embeddings import RenderedList
 from .errors import MAX_ERROR_ITEMS, BadRequest, ServiceError, TooManyImages
 from .schemas import EmbedImage, EmbedRequest, ErrorItem
 
@@ -220,10 +222,17 @@ def check_model(parsed: ParsedEmbeddings, *, model_type: str, dim: int) -> None:
 
 
 def answer(result: dict[str, Any], *, inputs: int) -> dict[str, Any]:
-    """The OpenAI answer for an ``/embed`` result (``embeddings``, ``model_type``)."""
+    """The OpenAI answer for an ``/embed`` result (``embeddings``, ``model_type``).
+
+    ``/embed`` renders its list to JSON text off the event loop (``RenderedList``); this
+    route reshapes each item, so it reads that text back first.
+    """
+    embeddings = result["embeddings"]
+    if isinstance(embeddings, RenderedList):
+        embeddings = json.loads(embeddings.text)
     return OpenAIEmbeddingResponse(
         data=[OpenAIEmbedding(index=i, embedding=e["embedding"])
-              for i, e in enumerate(result["embeddings"])],
+              for i, e in enumerate(embeddings)],
         model=result["model_type"],
         usage=OpenAIUsage(prompt_tokens=inputs, total_tokens=inputs),
     ).model_dump()

@@ -76,7 +76,11 @@ def test_duplicate_ids_long_ids_and_unknown_fields_are_kept(service_url: str) ->
     body[2]["extra"] = {"ignored": True}
     r = post(service_url, {"pairs": body, "options": 1})
     assert r.status_code == 200, r.text
-    check_response(r.json(), body)
+    answer = r.json()
+    # the unknown fields are ignored, and named in the additive "warnings"
+    assert answer.pop("warnings") == ["unknown field 'options' ignored",
+                                      "unknown field 'extra' in pairs[2] ignored"]
+    check_response(answer, body)
 
 
 # --- predictor faults ----------------------------------------------------------------------
