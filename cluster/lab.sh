@@ -102,6 +102,9 @@ host_setup() {
   [[ -x /usr/lib/cni/ptp ]] || die "CNI plugins missing: apt-get install containernetworking-plugins"
   # The node's address, on the loopback interface (this kernel has no dummy driver and loads
   # no modules): every address of the cluster is local, no pod traffic needs the uplink.
+  # hostPath volumes ignore the pod's fsGroup: the weights PV belongs to the images' uid 1000
+  # (kserve), or neither the test's loader pod nor the chart's init container can write it.
+  chown 1000:1000 "$LAB_ROOT/pv/weights"
   ip addr show dev lo | grep -q "$NODE_IP/" || ip addr add "$NODE_IP/32" dev lo label lo:clusterlab
   sysctl_set net.ipv4.ip_forward 1
   # The kubelet sets these as kind's nodes have them; `down` restores the machine's values.
