@@ -604,6 +604,18 @@ down() {
       eval "iptables -t $t $r" 2>/dev/null || true
     done
   done
+  # The kubelet's own chains (kube-proxy --cleanup leaves them): KUBE-FIREWALL, jumped to
+  # from INPUT and OUTPUT, and the canary/hint chains, in IPv4 and IPv6.
+  for ipt in iptables ip6tables; do
+    for c in INPUT OUTPUT; do
+      while "$ipt" -t filter -D "$c" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for t in filter nat mangle; do
+      for ch in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$t" -F "$ch" 2>/dev/null && "$ipt" -t "$t" -X "$ch" 2>/dev/null || true
+      done
+    done
+  done
   # kubelet-made cgroups, deepest first.
   for h in /sys/fs/cgroup/*/; do
     [[ -d $h$CGROUP_ROOT ]] || continue
