@@ -102,6 +102,9 @@ host_setup() {
   [[ -x /usr/lib/cni/ptp ]] || die "CNI plugins missing: apt-get install containernetworking-plugins"
   # The node's address, on the loopback interface (this kernel has no dummy driver and loads
   # no modules): every address of the cluster is local, no pod traffic needs the uplink.
+  # hostPath volumes ignore the pod's fsGroup: the weights PV belongs to the images' uid 1000
+  # (kserve), or neither the test's loader pod nor the chart's init container can write it.
+  chown 1000:1000 "$LAB_ROOT/pv/weights"
   ip addr show dev lo | grep -q "$NODE_IP/" || ip addr add "$NODE_IP/32" dev lo label lo:clusterlab
   sysctl_set net.ipv4.ip_forward 1
   # The kubelet sets these as kind's nodes have them; `down` restores the machine's values.
@@ -599,6 +602,18 @@ down() {
   for t in filter nat mangle; do
     { iptables -t "$t" -S 2>/dev/null | grep -- '--comment clusterlab' || true; } | sed 's/^-A /-D /' | while read -r r; do
       eval "iptables -t $t $r" 2>/dev/null || true
+    done
+  done
+  # The kubelet's own chains (kube-proxy --cleanup leaves them): KUBE-FIREWALL, jumped to
+  # from INPUT and OUTPUT, and the canary/hint chains, in IPv4 and IPv6.
+  for ipt in iptables ip6tables; do
+    for c in INPUT OUTPUT; do
+      while "$ipt" -t filter -D "$c" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for t in filter nat mangle; do
+      for ch in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$t" -F "$ch" 2>/dev/null && "$ipt" -t "$t" -X "$ch" 2>/dev/null || true
+      done
     done
   done
   # kubelet-made cgroups, deepest first.

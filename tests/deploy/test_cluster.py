@@ -196,6 +196,9 @@ class Service:
     url: str  # the transformer Service, from this machine
     how: str
     install_s: float
+    # transformer pods Ready at the moment the InferenceService turned Ready (checked then,
+    # before _service_url waits for the ClusterIP: that wait would hide the gap)
+    transformer_ready_at_isvc_ready: bool = True
     _pf: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -207,8 +210,14 @@ class Service:
 def _service_url() -> Service:
     svc = kjson("-n", NAMESPACE, "get", "service", f"{NAME}-transformer")
     ip = svc["spec"].get("clusterIP", "")
-    if ip and ip != "None" and _reachable(ip, 80):
-        return Service(f"http://{ip}:80", "ClusterIP", 0.0)
+    # KServe can report Ready a few seconds before the transformer pod is (seen on the lab):
+    # give the ClusterIP time to get its endpoint; a port-forward pins one pod and breaks on
+    # the first rollout of the day-two tests.
+    deadline = time.monotonic() + 120
+    while ip and ip != "None" and time.monotonic() < deadline:
+        if _reachable(ip, 80):
+            return Service(f"http://{ip}:80", "ClusterIP", 0.0)
+        time.sleep(2)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -220,7 +229,7 @@ def _service_url() -> Service:
     while not _reachable("127.0.0.1", port):
         assert time.monotonic() < deadline, "kubectl port-forward did not start"
         time.sleep(0.5)
-    return Service(f"http://127.0.0.1:{port}", "port-forward", 0.0, pf)
+    return Service(f"http://127.0.0.1:{port}", "port-forward", 0.0, _pf=pf)
 
 
 def _install() -> float:
@@ -294,8 +303,10 @@ def service(installed: bool) -> Iterator[Service]:
     wait_isvc_ready()
     took = time.monotonic() - t0
     figure(f"helm install -> InferenceService Ready: {took:.0f} s")
+    ready_then = _ready_pods("transformer")
     svc = _service_url()
     svc.install_s = took
+    svc.transformer_ready_at_isvc_ready = bool(ready_then)
     figure(f"traffic through the transformer Service via {svc.how} ({svc.url})")
     try:
         yield svc
@@ -334,12 +345,17 @@ def similarity(url: str, sides: list[tuple[bytes, bytes]], timeout: float = 300)
 
 # --- 1. install -----------------------------------------------------------------------------
 
+def _ready_pods(component: str) -> list[dict[str, Any]]:
+    return [p for p in pods(component) if any(
+        c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])]
+
+
 def test_ready_means_both_components_serve(service: Service) -> None:
+    assert service.transformer_ready_at_isvc_ready, (
+        "InferenceService turned Ready while no transformer pod was")
     assert isvc_ready()
     for component in ("predictor", "transformer"):
-        ready = [p for p in pods(component) if any(
-            c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])]
-        assert ready, f"InferenceService Ready but no {component} pod is"
+        assert _ready_pods(component), f"InferenceService Ready but no {component} pod is"
     r = httpx.get(service.url + "/health", timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["model_loaded"] is True and r.json()["device"] == "cpu", r.json()
