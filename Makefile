@@ -12,6 +12,9 @@ export MODEL_CACHE_DIR MODEL_TYPE
 # dinov2 variants in the tests. --no-deps: its metadata pins torch 2.0, xformers and cuml,
 # none of which the model code needs (see pyproject.toml).
 DINOV2_PKG := dinov2==0.0.1.dev2
+# No wheel cache: torch's CUDA build and its nvidia-* wheels are ~4 GB that a cache would
+# keep a second copy of; a CI clone once ran out of disk at this step (ENOSPC after 75 s).
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: help install install-test run test test-fast bench-test lint weights bench clean tools \
 	kind-test browser image-test image-clean cluster-up cluster-down cluster-test gpu-check
@@ -28,6 +31,7 @@ help:
 	@echo "make gpu-check  measure the GPU path in one command (8 minutes; bench/gpu_check.sh)"
 
 $(VENV)/.installed-runtime: pyproject.toml
+	@scripts/check_disk.sh . 12
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e .
