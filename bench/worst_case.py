@@ -20,6 +20,14 @@ ways), the latency of ``GET /health`` polled every 100 ms, and the peak memory. 
 DIR`` runs the transformer from another checkout (say, the code before a change) with
 this script, so both are measured the same way.
 
+Issue 19's connection classes (``--only connections``, ``bench/connection_floods.py``):
+``MAX_CONNECTIONS`` connections dripping their headers a byte a second (how many are still
+open after ``HEADER_TIMEOUT``, the transformer's file descriptors, what a new client's
+``/health`` gets meanwhile); a head of 1,000,000 headers and one of four 16.8 MB values
+(answer, CPU seconds, peak memory); 40 and 400 slow uploads beside a valid request every
+second (its answers and latencies). Fairness between clients (item 5: slow URLs and costly
+decodes beside a small request) has its own script, ``python -m bench.fairness``.
+
 The predictor is an instant stand-in (``tests/transformer/fake_predictor.py``, FAKE on
 purpose: it answers constant embeddings at once over the same gRPC v2 protocol): the
 predictor's own costs are bounded by the batch limits and measured by ``bench.run``. The
@@ -49,6 +57,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench import connection_floods
 from bench.machine import machine_info
 from bench.service import run_transformer, spawn
 from bench.settings import RESULTS_DIR, reproduce
@@ -300,10 +309,16 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=0,
                    help="concurrent requests [MAX_CONCURRENT_REQUESTS, default 8]")
-    p.add_argument("--only", default="walks,images,floods,largest",
+    p.add_argument("--only", default="walks,images,floods,connections,largest",
                    help="parts to run, comma-separated: walks (header walks), images (one "
-                        "request per hostile kind), floods (probe latency), largest (the most "
-                        "expensive request of distinct max-pixel PNGs) [all]")
+                        "request per hostile kind), floods (probe latency), connections "
+                        "(header drips, huge heads, slow uploads: bench/connection_floods.py), "
+                        "largest (the most expensive request of distinct max-pixel PNGs) "
+                        "[all]")
+    p.add_argument("--drip-connections", type=int, default=0,
+                   help="connections of the header-drip flood [MAX_CONNECTIONS, 1000]")
+    p.add_argument("--slow-uploads", default="40,400",
+                   help="slow-upload floods to run, comma-separated counts [40,400]")
     p.add_argument("--code", type=Path, default=None,
                    help="run the transformer from this checkout instead (before/after)")
     p.add_argument("--flood-s", type=float, default=40.0,
@@ -338,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                                    log_dir / f"worst-case-flood-{name}.log")
                              for name, (route, body) in flood_kinds().items()
                              if not args.flood or name in args.flood]
+        if "connections" in parts:
+            out["connections"] = connections(args, grpc, settings, log_dir)
         if "largest" in parts:
             out["runs"] = largest(grpc, settings, clients, log_dir)
     out["load_at_end"] = os.getloadavg()
@@ -348,6 +365,31 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(out, indent=1))
     print(f"written: {args.out}")
     return 0
+
+
+def connections(args: argparse.Namespace, grpc: str, settings: TransformerSettings,
+                log_dir: Path) -> list[dict[str, Any]]:
+    """Issue 19, items 1-2: header drips, huge heads, slow uploads, each on a fresh
+    transformer at its defaults."""
+    n = args.drip_connections or settings.max_connections
+    print(f"connections (HEADER_TIMEOUT {settings.header_timeout:g} s, MAX_HEADER_BYTES "
+          f"{settings.max_header_bytes}, MAX_HEADER_COUNT {settings.max_header_count}, "
+          f"MAX_CONNECTIONS {settings.max_connections}, BODY_READ_TIMEOUT "
+          f"{settings.body_read_timeout:g} s):", flush=True)
+    rows = []
+    with transformer_at(args.code, grpc, {}, log_dir / "worst-case-drip.log") as (url, pid):
+        rows.append(connection_floods.header_drip(
+            url, pid, n, settings.header_timeout, settings.header_timeout * 2 + 5))
+    with transformer_at(args.code, grpc, {}, log_dir / "worst-case-heads.log") as (url, pid):
+        rows += connection_floods.many_headers(url, pid)
+    valid = _pairs([base64.b64encode(_photo_jpeg(64)).decode(),
+                    base64.b64encode(_photo_jpeg(96)).decode()])
+    for count in (int(c) for c in args.slow_uploads.split(",") if c):
+        with transformer_at(args.code, grpc, {},
+                            log_dir / f"worst-case-slow-{count}.log") as (url, pid):
+            rows.append(connection_floods.slow_uploads(
+                url, pid, count, settings.body_read_timeout * 2 + 4, valid))
+    return rows
 
 
 def largest(grpc: str, settings: TransformerSettings, clients: int,

@@ -222,3 +222,22 @@ def test_bench_variants_covers_every_variant() -> None:
     from predictor.layout import VARIANTS
 
     assert sorted(DEFAULT_ORDER) == sorted(VARIANTS)
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_worst_case_connection_floods_report_their_answers(tmp_path: Path) -> None:
+    """bench.worst_case --only connections at small sizes and short deadlines: the drippers
+    are all closed with 408 after the head deadline, the huge heads get 431, and the valid
+    request beside the slow uploads is served."""
+    out = _run_bench("bench.worst_case", ["--only", "connections", "--drip-connections", "30",
+                                          "--slow-uploads", "12", "--out",
+                                          str(tmp_path / "wc.json")], None, tmp_path,
+                     HEADER_TIMEOUT="2", BODY_READ_TIMEOUT="2")
+    assert re.search(r"header drip, 30 connections: open after 7 s: 0, 9 s: 0; answers "
+                     r"\{'408': 30\}", out), out
+    assert re.search(r"1,000,000 headers .*: 431 in", out), out
+    assert re.search(r"4 header values of 16.8 MB .*: 431 in", out), out
+    assert re.search(r"12 slow uploads .* uploads got \{'408': 12\}; a valid request every "
+                     r"1 s: \{'200': \d+\}", out), out
+    assert "FAKE" in out
