@@ -59,6 +59,9 @@ ISVC = f"inferenceservice/{NAME}"
 CLAIM = "dreamsim-test-weights"
 VARIANT = "dino_vitb16"
 KUBECTL = shutil.which("kubectl") or "/var/cache/image-similarity-lab/bin/kubectl"
+# What docs/deploy.md tells users to run after an install or upgrade: the rollouts, then
+# TransformerReady, then Ready (KServe's Ready alone can precede a serving transformer).
+WAIT_READY = REPO_ROOT / "scripts" / "wait_ready.sh"
 
 
 def kubectl_cmd(*args: str) -> list[str]:
@@ -135,6 +138,49 @@ def wait_isvc_ready(timeout_s: float = 900) -> float:
     return time.monotonic() - t0
 
 
+def _kubectl_shim() -> Path:
+    """An executable that runs kubectl against CONTEXT (wait_ready.sh takes a KUBECTL)."""
+    shim = Path(os.environ.get("TMPDIR", "/tmp")) / f"cluster-test-kubectl-{os.getpid()}"
+    if not shim.exists():
+        shim.write_text(f'#!/bin/sh\nexec "{KUBECTL}" --context "{CONTEXT}" "$@"\n')
+        shim.chmod(0o755)
+    return shim
+
+
+def run_wait_ready(timeout_s: int) -> subprocess.CompletedProcess[str]:
+    """scripts/wait_ready.sh for the release, as a user runs it."""
+    return subprocess.run(["bash", str(WAIT_READY), NAMESPACE, NAME, str(timeout_s)],
+                          env={**os.environ, "KUBECTL": str(_kubectl_shim()),
+                               "WAIT_READY_RETRY_S": "5"},
+                          capture_output=True, text=True, timeout=timeout_s + 120)
+
+
+def wait_served(timeout_s: int = 900) -> float:
+    """Seconds until scripts/wait_ready.sh says the current revision serves."""
+    t0 = time.monotonic()
+    proc = run_wait_ready(timeout_s)
+    assert proc.returncode == 0, f"wait_ready.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    return time.monotonic() - t0
+
+
+def first_answer_s(url: str, timeout_s: float = 60) -> float:
+    """Seconds until GET /health through ``url`` answers 200 (the Service's endpoints and
+    kube-proxy's rules follow a rollout by a moment); fails past ``timeout_s``."""
+    t0 = time.monotonic()
+    last = ""
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            r = httpx.get(url + "/health", timeout=10)
+            if r.status_code == 200:
+                return time.monotonic() - t0
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.5)
+    raise AssertionError(f"/health through {url} not 200 within {timeout_s:g} s of "
+                         f"wait_ready.sh: {last}")
+
+
 def wait_rollout(component: str, timeout_s: int = 900) -> None:
     kubectl("-n", NAMESPACE, "rollout", "status", f"deployment/{NAME}-{component}",
             f"--timeout={timeout_s}s", timeout=timeout_s + 60)
@@ -199,6 +245,7 @@ class Service:
     # transformer pods Ready at the moment the InferenceService turned Ready (checked then,
     # before _service_url waits for the ClusterIP: that wait would hide the gap)
     transformer_ready_at_isvc_ready: bool = True
+    first_answer_s: float = 0.0  # from wait_ready.sh's return to /health 200 via ``url``
     _pf: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -237,7 +284,7 @@ def _install() -> float:
     helm("install", RELEASE, str(CHART), "-f", str(VALUES), "--set",
          "weights.source=existingClaim", "--set", f"weights.existingClaim={CLAIM}",
          "--timeout", "15m")
-    wait_isvc_ready()
+    wait_served()
     return time.monotonic() - t0
 
 
@@ -257,6 +304,18 @@ def _nodes_ready() -> bool:
                for n in nodes for c in n["status"].get("conditions", []))
 
 
+def _free_released_volumes() -> None:
+    """A Retain PV that bound this test namespace's claim in an earlier run is Released;
+    drop its old claim reference so that this run's claim binds it again (the lab's
+    weights volume; nothing outside NAMESPACE is touched)."""
+    for pv in kjson("get", "pv")["items"]:
+        ref = pv["spec"].get("claimRef") or {}
+        if pv["status"].get("phase") == "Released" and ref.get("namespace") == NAMESPACE:
+            kubectl("patch", "pv", pv["metadata"]["name"], "--type=json", "-p",
+                    '[{"op":"remove","path":"/spec/claimRef"}]')
+            figure(f"PV {pv['metadata']['name']} was Released by an earlier run: freed")
+
+
 @pytest.fixture(scope="module")
 def installed(weights: Path) -> Iterator[bool]:
     """The chart installed; True where pods can run (a Ready node), False on a control
@@ -264,6 +323,7 @@ def installed(weights: Path) -> Iterator[bool]:
     kubectl("create", "namespace", NAMESPACE)
     try:
         pods_run = _nodes_ready()
+        _free_released_volumes()
         if pods_run:
             t0 = time.monotonic()
             _copy_weights(weights)
@@ -302,12 +362,17 @@ def service(installed: bool) -> Iterator[Service]:
     t0 = time.monotonic()
     wait_isvc_ready()
     took = time.monotonic() - t0
-    figure(f"helm install -> InferenceService Ready: {took:.0f} s")
     ready_then = _ready_pods("transformer")
+    figure(f"helm install -> InferenceService Ready: {took:.0f} s; a transformer pod Ready "
+           f"then: {bool(ready_then)}")
+    served = wait_served()
+    figure(f"helm install -> scripts/wait_ready.sh done: {took + served:.0f} s")
     svc = _service_url()
-    svc.install_s = took
+    svc.install_s = took + served
     svc.transformer_ready_at_isvc_ready = bool(ready_then)
-    figure(f"traffic through the transformer Service via {svc.how} ({svc.url})")
+    svc.first_answer_s = first_answer_s(svc.url)
+    figure(f"traffic through the transformer Service via {svc.how} ({svc.url}); /health 200 "
+           f"{svc.first_answer_s:.1f} s after wait_ready.sh")
     try:
         yield svc
     finally:
@@ -350,12 +415,17 @@ def _ready_pods(component: str) -> list[dict[str, Any]]:
         c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])]
 
 
-def test_ready_means_both_components_serve(service: Service) -> None:
-    assert service.transformer_ready_at_isvc_ready, (
-        "InferenceService turned Ready while no transformer pod was")
+def test_wait_ready_means_both_components_serve(service: Service) -> None:
+    """Once scripts/wait_ready.sh returns, both components have Ready pods and traffic
+    flows within seconds. KServe's own Ready is not that promise: v0.20 was seen Ready
+    two seconds before any transformer pod was (it combines PredictorReady and
+    IngressReady only), which is why the script waits for more; recorded, not asserted."""
+    figure("KServe's Ready came " + ("with" if service.transformer_ready_at_isvc_ready
+                                     else "BEFORE") + " a Ready transformer pod")
     assert isvc_ready()
     for component in ("predictor", "transformer"):
-        assert _ready_pods(component), f"InferenceService Ready but no {component} pod is"
+        assert _ready_pods(component), f"wait_ready.sh returned but no {component} pod is Ready"
+    assert service.first_answer_s < 30, service.first_answer_s
     r = httpx.get(service.url + "/health", timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["model_loaded"] is True and r.json()["device"] == "cpu", r.json()
@@ -634,12 +704,11 @@ def _env(component: str) -> dict[str, str]:
 def test_upgrade_env_value(service: Service) -> None:
     helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "logging.level=DEBUG")
     time.sleep(5)
-    wait_rollout("predictor")
-    wait_rollout("transformer")
-    wait_isvc_ready()
+    took = wait_served()
     assert _env("predictor")["LOG_LEVEL"] == "DEBUG"
     assert _env("transformer")["LOG_LEVEL"] == "DEBUG"
-    assert httpx.get(service.url + "/health", timeout=30).status_code == 200
+    gap = first_answer_s(service.url, 30)
+    figure(f"helm upgrade (env) -> wait_ready.sh: {took:.0f} s; /health 200 {gap:.1f} s later")
 
 
 def test_upgrade_image_tag(service: Service) -> None:
@@ -648,16 +717,18 @@ def test_upgrade_image_tag(service: Service) -> None:
     helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
          f"predictor.image.tag={ALT_TAG}", "--set", f"transformer.image.tag={ALT_TAG}")
     time.sleep(5)
-    wait_rollout("predictor")
-    wait_rollout("transformer")
-    wait_isvc_ready()
+    wait_served()
     for component in ("predictor", "transformer"):
         images = {c["image"] for p in pods(component) for c in p["spec"]["containers"]}
         assert all(i.endswith(f":{ALT_TAG}") for i in images), images
 
 
-def test_crashlooping_transformer_is_not_ready_then_rollback(service: Service) -> None:
-    """A transformer that cannot start keeps the InferenceService un-Ready; rollback heals."""
+def test_crashlooping_transformer_fails_wait_ready_then_rollback(service: Service) -> None:
+    """A transformer revision that cannot start. The rolling update keeps the old pod
+    serving, so KServe's conditions can stay True (seen on v0.20: TransformerReady and
+    Ready both True while the new pod crash-loops); what must hold is that the old pod
+    keeps answering, that scripts/wait_ready.sh does not report the broken revision ready
+    (its rollout never completes), and that `helm rollback` heals it."""
     before = int(helm("history", RELEASE, "-o", "json").count('"revision"'))
     helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
          "transformer.extraEnv[0].name=DECODE_WORKERS", "--set-string",
@@ -671,26 +742,29 @@ def test_crashlooping_transformer_is_not_ready_then_rollback(service: Service) -
                 crashed |= cs.get("restartCount", 0) >= 1
         time.sleep(3)
     assert crashed, "the broken transformer never crashed (is the env read at start?)"
-    # the new (broken) ReplicaSet never becomes available; Ready must not claim it is
     conds = {c["type"]: c for c in kjson("-n", NAMESPACE, "get", ISVC)["status"]["conditions"]}
     summary = ", ".join(f"{k}={v['status']}" for k, v in conds.items())
-    figure(f"broken transformer: conditions {summary}")
-    assert conds.get("TransformerReady", {}).get("status") != "True" or \
-        conds["Ready"]["status"] != "True", conds
+    served = [httpx.get(service.url + "/health", timeout=30).status_code for _ in range(10)]
+    waited = run_wait_ready(45)
+    figure(f"broken transformer: conditions {summary}; the old pod answered {served}; "
+           f"wait_ready.sh exit {waited.returncode}: {waited.stderr.strip()[-160:]}")
+    assert served == [200] * 10, served
+    assert waited.returncode != 0, waited.stdout + waited.stderr
+    assert "not rolled out" in waited.stderr, waited.stderr
     helm("rollback", RELEASE, str(before), "--timeout", "10m")
     time.sleep(5)
-    wait_rollout("transformer")
-    wait_isvc_ready()
-    assert httpx.get(service.url + "/health", timeout=30).status_code == 200
+    took = wait_served()
+    gap = first_answer_s(service.url, 30)
+    figure(f"helm rollback -> wait_ready.sh: {took:.0f} s; /health 200 {gap:.1f} s later")
 
 
 def test_upgrade_replicas(service: Service) -> None:
     helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "transformer.minReplicas=1",
          "--set", "transformer.maxReplicas=1")
     time.sleep(5)
-    wait_rollout("transformer")
+    wait_served()
     assert deployment("transformer")["spec"]["replicas"] == 1
-    wait_isvc_ready()
+    first_answer_s(service.url, 30)
 
 
 def test_uninstall_then_install_again(service: Service, weights: Path) -> None:
