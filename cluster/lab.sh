@@ -385,6 +385,7 @@ load_project_images() {
 }
 
 system_images() {
+  "$repo/scripts/docker_engine.sh"  # the images are built with Docker: start it when it is not
   docker_image "$PAUSE_IMAGE" "$BIN/pause" /pause
   docker_image "$COREDNS_IMAGE" "$BIN/coredns" /coredns
   docker_image "$KSERVE_IMAGE" "$BIN/kserve-manager" /manager
