@@ -125,11 +125,11 @@ class SimilarityTransformer(Model):
                          headers: dict[str, str] | None = None) -> Batch:
         """Plan, fetch, decode, and start the inference: the batch, its embeddings coming.
 
-        ``payload`` was parsed (validated, with its kind) once, by ``routes.admit``. In order: the
-        kind's check (``/v1/embeddings``: the model name, before any image is touched),
-        the plan of distinct images, the cache's embeddings, and the fetching and decoding
-        of the rest, each decoded image handed to a ``ChunkSender`` that sends the
-        predictor a chunk whenever one is full, while the rest still decode: inference
+        ``payload`` was parsed (validated, with its kind) once, by ``routes.admit``. In
+        order: the kind's check (``/v1/embeddings``: the model name, before any image is
+        touched), the plan of distinct images, the cache's embeddings, and the fetching
+        and decoding of the rest, each decoded image handed to a ``ChunkSender`` that sends
+        the predictor a chunk whenever one is full, while the rest still decode: inference
         starts here. ``predict`` collects the answers.
         """
         await payload.check(self._model_info)
