@@ -100,7 +100,7 @@ def embeddings_in_order(embeddings: np.ndarray, plan: ImagePlan, rows: Sequence[
 
 
 def _dumps(value: object) -> str:
-    """JSON as the service answers it (``server.SafeJSONResponse``): ASCII, compact, no NaN."""
+    """JSON as the service answers it (``routes.SafeJSONResponse``): ASCII, compact, no NaN."""
     return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 

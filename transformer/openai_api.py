@@ -3,10 +3,11 @@
 The request and answer follow OpenAI's embeddings API (``openai.embeddings.create``), with
 images where OpenAI takes text: ``input`` is one image or a list of them, each a URL, a
 data URI or raw base64, exactly as in ``POST /embed``. The route is ``/embed`` in another
-shape: the translation here is pure, and ``transformer.server`` serves it through the
+shape: the translation here is pure, and ``transformer.routes`` serves it through the
 same code path as ``/embed`` (admission, body limits, ``MAX_IMAGES_PER_REQUEST`` counted
 before anything is validated, deduplication, the embedding cache, the same errors and
-statuses, metrics, the access log); only the bodies differ. Errors are in OpenAI's shape,
+statuses, metrics, the access log); only the bodies differ (its request kind:
+``transformer.requests.OpenAIEmbeddings``). Errors are in OpenAI's shape,
 ``{"error": {"message", "type", "param", "code"}}``, so that OpenAI clients raise them as
 their own exceptions with our message.
 

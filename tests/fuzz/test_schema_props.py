@@ -1,6 +1,7 @@
 """Property-based tests of the request schema (no server).
 
-``SimilarityTransformer.parse`` is the gate every ``POST /similarity`` body goes through.
+``requests.validate_similarity`` is the gate every ``POST /similarity`` body goes through
+(``requests.PAIRS.parse``).
 Properties, over arbitrary JSON-like values (what ``json.loads`` can return: lone surrogates,
 NaN and infinities, huge integers included):
 - it returns a ``SimilarityRequest`` or raises ``BadRequest`` (422) / ``TooManyPairs`` (413),
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from transformer.errors import BadRequest, ServiceError, TooManyPairs
+from transformer.requests import validate_similarity
+from transformer.routes import SafeJSONResponse
 from transformer.schemas import MAX_PAIR_ID_LENGTH, SimilarityRequest
 from transformer.scoring import plan_pairs, score_pairs
-from transformer.server import SafeJSONResponse, SimilarityTransformer
 from transformer.settings import TransformerSettings
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,12 +69,9 @@ bodies = st.one_of(
                           optional={"unknown": json_values}))
 
 
-@pytest.fixture(scope="module")
-def service() -> Iterator[SimilarityTransformer]:
-    # parse() never talks to the predictor; nothing listens on port 1.
-    svc = SimilarityTransformer("dreamsim", TransformerSettings(), predictor_host="127.0.0.1:1")
-    yield svc
-    svc.stop()
+def parse(body: Any) -> SimilarityRequest:
+    """A ``/similarity`` body validated as the service validates it (no server needed)."""
+    return validate_similarity(body, limit=LIMIT)
 
 
 def render(content: Any, status: int = 200) -> bytes:
@@ -81,10 +79,10 @@ def render(content: Any, status: int = 200) -> bytes:
     return bytes(SafeJSONResponse(content, status_code=status).body)
 
 
-def check_parse(service: SimilarityTransformer, body: Any) -> SimilarityRequest | None:
+def check_parse(body: Any) -> SimilarityRequest | None:
     """Parse, checking the error contract; the request when accepted, else None."""
     try:
-        request = service.parse(body)
+        request = parse(body)
     except ServiceError as exc:
         assert type(exc) in (BadRequest, TooManyPairs), type(exc)
         assert exc.status_code in (413, 422)
@@ -109,9 +107,8 @@ def check_parse(service: SimilarityTransformer, body: Any) -> SimilarityRequest 
 
 @FUZZ
 @given(body=bodies)
-def test_parse_accepts_or_raises_service_errors(service: SimilarityTransformer,
-                                                body: Any) -> None:
-    request = check_parse(service, body)
+def test_parse_accepts_or_raises_service_errors(body: Any) -> None:
+    request = check_parse(body)
     if request is not None:
         assert len(request.pairs) <= LIMIT
         assert isinstance(body, dict) and isinstance(body["pairs"], list)
@@ -145,9 +142,8 @@ def valid_pairs(draw: st.DrawFn, max_pairs: int = 8) -> list[dict[str, Any]]:
 
 @FUZZ
 @given(pairs=valid_pairs())
-def test_valid_requests_round_trip_pair_ids(service: SimilarityTransformer,
-                                            pairs: list[dict[str, Any]]) -> None:
-    request = service.parse({"pairs": pairs})
+def test_valid_requests_round_trip_pair_ids(pairs: list[dict[str, Any]]) -> None:
+    request = parse({"pairs": pairs})
     got = [p.pair_id for p in request.pairs]
     want = [p.get("pair_id") for p in pairs]
     assert got == want
@@ -156,10 +152,9 @@ def test_valid_requests_round_trip_pair_ids(service: SimilarityTransformer,
 
 @FUZZ
 @given(pairs=valid_pairs(), seed=st.integers(0, 2**32 - 1))
-def test_accepted_requests_answer_renders(service: SimilarityTransformer,
-                                          pairs: list[dict[str, Any]], seed: int) -> None:
+def test_accepted_requests_answer_renders(pairs: list[dict[str, Any]], seed: int) -> None:
     """The 200 body of any accepted request can be sent (pair_ids echoed as given)."""
-    request = service.parse({"pairs": pairs})
+    request = parse({"pairs": pairs})
     plan = plan_pairs(request.pairs)
     vectors = np.random.default_rng(seed).standard_normal((len(plan.inputs), 8))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -173,8 +168,7 @@ def test_accepted_requests_answer_renders(service: SimilarityTransformer,
 
 @FUZZ
 @given(pairs=valid_pairs(max_pairs=3).filter(bool), data=st.data())
-def test_bad_pair_ids_are_refused(service: SimilarityTransformer, pairs: list[dict[str, Any]],
-                                  data: st.DataObject) -> None:
+def test_bad_pair_ids_are_refused(pairs: list[dict[str, Any]], data: st.DataObject) -> None:
     index = data.draw(st.integers(0, len(pairs) - 1), label="index")
     bad = data.draw(st.one_of(
         st.booleans(), st.floats(), st.lists(json_scalars, max_size=2),
@@ -184,18 +178,18 @@ def test_bad_pair_ids_are_refused(service: SimilarityTransformer, pairs: list[di
         label="pair_id")
     pairs[index]["pair_id"] = bad
     with pytest.raises(BadRequest) as info:
-        service.parse({"pairs": pairs})
+        parse({"pairs": pairs})
     items = info.value.errors
     assert any(e.index == index and e.field.startswith("pair_id") for e in items), items
-    check_parse(service, {"pairs": pairs})  # and the error renders
+    check_parse({"pairs": pairs})  # and the error renders
 
 
 @settings(FUZZ, max_examples=20)
 @given(extra=st.integers(1, 50))
-def test_too_many_pairs_is_413(service: SimilarityTransformer, extra: int) -> None:
+def test_too_many_pairs_is_413(extra: int) -> None:
     pair = {"reference_image": "x", "generated_image": "y"}
     with pytest.raises(TooManyPairs) as info:
-        service.parse({"pairs": [pair] * (LIMIT + extra)})
+        parse({"pairs": [pair] * (LIMIT + extra)})
     assert info.value.status_code == 413
     assert info.value.errors and info.value.errors[0].field == "pairs"
     sent = json.loads(render(info.value.body(), 413))
@@ -203,19 +197,18 @@ def test_too_many_pairs_is_413(service: SimilarityTransformer, extra: int) -> No
 
 
 @pytest.mark.parametrize("pair_id", ["\ud800", "ok\udfff", "\udc00\ud800x"])
-def test_lone_surrogate_pair_id_is_a_renderable_422(service: SimilarityTransformer,
-                                                    pair_id: str) -> None:
+def test_lone_surrogate_pair_id_is_a_renderable_422(pair_id: str) -> None:
     """json.loads turns "\\ud800" into a lone surrogate; the 422 must still be sendable
     (the error items echo pair_ids, and UTF-8 cannot encode a lone surrogate)."""
     body = {"pairs": [{"reference_image": "a", "generated_image": "b", "pair_id": pair_id}]}
     with pytest.raises(BadRequest) as info:
-        service.parse(body)
+        parse(body)
     sent = render(info.value.body(), 422)
     assert sent.isascii() and json.loads(sent)["errors"]  # escaped, never UTF-8-encoded
 
 
-def test_floats_and_bools_are_not_coerced(service: SimilarityTransformer) -> None:
+def test_floats_and_bools_are_not_coerced() -> None:
     for bad in (True, False, 1.0, -0.0, math.inf, math.nan, 1e300):
         with pytest.raises(BadRequest):
-            service.parse({"pairs": [{"reference_image": "a", "generated_image": "b",
-                                      "pair_id": bad}]})
+            parse({"pairs": [{"reference_image": "a", "generated_image": "b",
+                              "pair_id": bad}]})

@@ -23,6 +23,7 @@ from predictor.layout import VARIANTS
 from tests.conftest import ImageHost
 from tests.test_e2e import b64, distinct_images
 from transformer import embeddings as embeddings_module
+from transformer import requests as kinds
 from transformer.embeddings import (
     decode_embedding,
     embeddings_in_order,
@@ -32,8 +33,9 @@ from transformer.embeddings import (
 )
 from transformer.inputs import LoadedImages
 from transformer.pipeline import ChunkSender
+from transformer.routes import SafeJSONResponse
 from transformer.schemas import EmbedImage, EmbedRequest
-from transformer.server import Batch, SafeJSONResponse, SimilarityTransformer
+from transformer.server import Batch, SimilarityTransformer
 from transformer.settings import TransformerSettings
 
 IMAGES = distinct_images(6, size=160)
@@ -115,8 +117,8 @@ def test_embed_answers_are_rendered_off_the_loop_each_vector_once(
     plan = plan_images(request.images)
     images = LoadedImages(sender=ChunkSender(None, chunk_images=0), keys=[],
                           cached=np.empty((0, 0), np.float32), rows=[0])
-    batch = Batch(request=request, plan=plan, images=images, model_identity=None,
-                  embeddings=np.ones((1, 4), np.float32) / 2)
+    batch = Batch(parsed=kinds.Parsed(kinds.IMAGES, request), plan=plan, images=images,
+                  model_identity=None, embeddings=np.ones((1, 4), np.float32) / 2)
 
     async def main() -> tuple[dict[str, object], str]:
         return await service.postprocess(batch), threading.current_thread().name
