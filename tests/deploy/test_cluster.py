@@ -20,6 +20,7 @@ context, kubectl, a reachable API server or KServe's CRDs, everything skips with
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -200,16 +201,17 @@ def pods(component: str) -> list[dict[str, Any]]:
 
 # --- the service ----------------------------------------------------------------------------
 
-def _copy_weights(weights: Path) -> None:
+def _copy_weights(weights: Path, namespace: str = NAMESPACE, claim: str = CLAIM,
+                  make_claim: bool = True) -> None:
     """A PVC holding ``weights`` under dreamsim/, via a helper pod and kubectl cp."""
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-           "metadata": {"name": CLAIM, "namespace": NAMESPACE},
+           "metadata": {"name": claim, "namespace": namespace},
            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {
                "storage": "2Gi"}}}}
     image = yaml.safe_load(VALUES.read_text()).get("predictor", {}).get("image", {})
     ref = f"{image.get('repository', 'image-similarity-predictor')}:{image.get('tag', '0.1.0')}"
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "weights-loader", "namespace": NAMESPACE},
+           "metadata": {"name": "weights-loader", "namespace": namespace},
            "spec": {"restartPolicy": "Never",
                     "securityContext": {"runAsUser": 1000, "runAsGroup": 1000,
                                         "fsGroup": 1000},
@@ -218,15 +220,15 @@ def _copy_weights(weights: Path) -> None:
                                     "imagePullPolicy": "IfNotPresent",
                                     "command": ["sleep", "3600"],
                                     "volumeMounts": [{"name": "w", "mountPath": "/weights"}]}],
-                    "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": CLAIM}}]}}
+                    "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": claim}}]}}
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                  "items": [pvc, pod]}))
-    kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/weights-loader",
+                                                  "items": [pvc, pod] if make_claim else [pod]}))
+    kubectl("-n", namespace, "wait", "--for=condition=Ready", "pod/weights-loader",
             "--timeout=600s", timeout=660)
-    kubectl("-n", NAMESPACE, "exec", "weights-loader", "--", "mkdir", "-p", "/weights/dreamsim")
-    kubectl("-n", NAMESPACE, "cp", f"{weights}/.", "weights-loader:/weights/dreamsim",
+    kubectl("-n", namespace, "exec", "weights-loader", "--", "mkdir", "-p", "/weights/dreamsim")
+    kubectl("-n", namespace, "cp", f"{weights}/.", "weights-loader:/weights/dreamsim",
             timeout=900)
-    kubectl("-n", NAMESPACE, "delete", "pod", "weights-loader", "--wait=true")
+    kubectl("-n", namespace, "delete", "pod", "weights-loader", "--wait=true")
 
 
 def _reachable(ip: str, port: int) -> bool:
@@ -691,6 +693,161 @@ def test_eviction_respects_pdb(service: Service) -> None:
     assert two.returncode != 0 and "disruption budget" in two.stderr.lower(), (two.stdout,
                                                                                two.stderr)
     wait_rollout("transformer")
+
+
+# --- 5. scale -------------------------------------------------------------------------------
+
+def _images_per_predictor() -> dict[str, float]:
+    """``dreamsim_images_total`` of each predictor pod, read from its own /metrics (pod IPs
+    are routed from this machine on the lab; elsewhere through the API server's proxy)."""
+    out = {}
+    for p in pods("predictor"):
+        name, ip = p["metadata"]["name"], p["status"].get("podIP", "")
+        try:
+            text = httpx.get(f"http://{ip}:8080/metrics", timeout=10).text
+        except httpx.HTTPError:
+            text = kubectl("get", "--raw",
+                           f"/api/v1/namespaces/{NAMESPACE}/pods/{name}:8080/proxy/metrics")
+        out[name] = sum(float(line.split()[-1]) for line in text.splitlines()
+                        if line.startswith("dreamsim_images_total"))
+    return out
+
+
+def _set_gpus(count: int) -> None:
+    """The lab's node advertises ``count`` "GPUs" (an extended resource in its capacity)."""
+    for node in kjson("get", "nodes")["items"]:
+        kubectl("patch", "node", node["metadata"]["name"], "--subresource=status",
+                "--type=json", "-p", json.dumps([{
+                    "op": "add", "path": "/status/capacity/nvidia.com~1gpu",
+                    "value": str(count)}]))
+
+
+def test_three_predictors_calls_per_pod(service: Service) -> None:
+    """Issue 17, item 5: three predictor replicas and a client loading them; the images each
+    predictor pod embedded, for the default policy (pick_first over PREDICTOR_CONNECTIONS
+    channels to the predictor's ClusterIP, which kube-proxy spreads per connection) and for
+    round_robin (the headless Service, resolved by gRPC inside the transformer pod)."""
+    if not CONTEXT.startswith("clusterlab"):
+        pytest.skip("patches the node's GPU capacity: only on the cluster lab")
+    _set_gpus(3)
+    spread: dict[str, dict[str, float]] = {}
+    try:
+        for policy in ("pick_first", "round_robin"):
+            helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
+                 "predictor.minReplicas=3", "--set", "predictor.maxReplicas=3", "--set",
+                 f"transformer.predictorLbPolicy={policy}")
+            time.sleep(5)
+            wait_served()
+            first_answer_s(service.url, 60)
+            before = _images_per_predictor()
+            assert len(before) == 3, before
+
+            def one(i: int, tag: int = len(spread)) -> int:
+                sides = [(_png(1000 * (tag + 1) + 2 * i), _png(1000 * (tag + 1) + 2 * i + 1))]
+                return similarity(service.url, sides, timeout=300).status_code
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                codes = list(pool.map(one, range(48)))
+            assert codes == [200] * 48, codes
+            after = _images_per_predictor()
+            spread[policy] = {k[-5:]: after[k] - before.get(k, 0) for k in after}
+            figure(f"3 predictors, {policy}: images embedded per predictor pod "
+                   f"{sorted(spread[policy].values(), reverse=True)} (96 sent)")
+    finally:
+        helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
+             "predictor.minReplicas=1", "--set", "predictor.maxReplicas=1", "--set",
+             "transformer.predictorLbPolicy=pick_first")
+        time.sleep(5)
+        wait_served()
+        _set_gpus(1)
+    assert sum(spread["round_robin"].values()) == 96, spread
+    assert min(spread["round_robin"].values()) >= 96 / 3 / 2, (
+        f"round_robin left a predictor pod nearly idle: {spread}")
+
+
+# --- 6. the plain manifests -------------------------------------------------------------------
+
+KUSTOMIZE_NS = f"{NAMESPACE}-kustomize"
+
+
+def test_kubectl_apply_k_manifests(weights: Path, installed: bool, tmp_path: Path) -> None:
+    """`kubectl apply -k manifests/` is accepted by the API server and KServe's webhooks
+    (server-side dry run: the base wants a GPU this node does not have), and the CPU overlay
+    serves: `kubectl apply -k` of a lab overlay on top of manifests/overlays/cpu (the lab's
+    2 cores cannot give the overlay's Guaranteed 4 CPUs, so a patch lowers them), its weights
+    volume pre-filled, waited for with scripts/wait_ready.sh, distances equal upstream's."""
+    if not installed:
+        pytest.skip("no Ready node in this cluster (control-plane tier): no pod runs")
+    if not CONTEXT.startswith("clusterlab"):
+        pytest.skip("creates a hostPath PersistentVolume: only on the cluster lab")
+    kubectl("create", "namespace", KUSTOMIZE_NS)
+    pv_name = f"{KUSTOMIZE_NS}-weights"
+    pv_dir = Path("/var/lib/clusterlab/pv") / pv_name  # the lab runs on this machine
+    try:
+        dry = kubectl("apply", "-k", str(REPO_ROOT / "manifests"), "-n", KUSTOMIZE_NS,
+                      "--dry-run=server")
+        figure("kubectl apply -k manifests/ --dry-run=server: " + "; ".join(dry.split("\n")[:6]))
+        assert "inferenceservice.serving.kserve.io/image-similarity" in dry, dry
+        # A PV for the overlay's claim (the lab has no provisioner), bound to it by name;
+        # its hostPath belongs to the images' uid 1000 (hostPath ignores fsGroup).
+        pv_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(pv_dir, 1000, 1000)
+        kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain",
+                     "claimRef": {"namespace": KUSTOMIZE_NS,
+                                  "name": "image-similarity-weights"},
+                     "hostPath": {"path": str(pv_dir), "type": "Directory"}}}))
+        tree = tmp_path / "tree"
+        shutil.copytree(REPO_ROOT / "manifests", tree / "manifests")
+        lab = tree / "lab"
+        lab.mkdir()
+        (lab / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "namespace": KUSTOMIZE_NS, "resources": ["../manifests/overlays/cpu"],
+            "patches": [{"target": {"group": "serving.kserve.io", "kind": "InferenceService",
+                                    "name": "image-similarity"},
+                         "patch": yaml.safe_dump([{
+                             "op": "replace",
+                             "path": "/spec/predictor/containers/0/resources",
+                             "value": {"requests": {"cpu": "250m", "memory": "1Gi"},
+                                       "limits": {"cpu": "2", "memory": "4Gi"}}}])}]}))
+        # The claim first, filled with the test checkpoint, so that fetch-weights finds it.
+        rendered = kubectl("kustomize", str(lab))
+        claim = next(d for d in yaml.safe_load_all(rendered)
+                     if d and d["kind"] == "PersistentVolumeClaim")
+        kubectl("apply", "-f", "-", input=json.dumps(claim))
+        _copy_weights(weights, KUSTOMIZE_NS, "image-similarity-weights", make_claim=False)
+        t0 = time.monotonic()
+        applied = kubectl("apply", "-k", str(lab))
+        assert "inferenceservice.serving.kserve.io/image-similarity created" in applied, applied
+        proc = subprocess.run(["bash", str(WAIT_READY), KUSTOMIZE_NS, "image-similarity",
+                               "900"], env={**os.environ, "KUBECTL": str(_kubectl_shim())},
+                              capture_output=True, text=True, timeout=1100)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        figure(f"kubectl apply -k (cpu overlay + lab patch) -> wait_ready.sh: "
+               f"{time.monotonic() - t0:.0f} s")
+        svc = kjson("-n", KUSTOMIZE_NS, "get", "service", "image-similarity-transformer")
+        url = f"http://{svc['spec']['clusterIP']}:80"
+        first_answer_s(url, 60)
+        sides = [(_png(41), _png(42)), (_png(43), _png(44))]
+        r = similarity(url, sides)
+        assert r.status_code == 200, r.text
+        got = [s["distance"] for s in r.json()["scores"]]
+        want = upstream_distances(weights, sides)
+        figure(f"manifests (cpu overlay): max |service - upstream| = "
+               f"{max(abs(g - w) for g, w in zip(got, want, strict=True)):.2e}")
+        assert all(abs(g - w) < 1e-5 for g, w in zip(got, want, strict=True)), (got, want)
+        health = httpx.get(url + "/health", timeout=30).json()
+        assert health["device"] == "cpu" and health["model_type"] == "dino_vitb16", health
+    finally:
+        if os.environ.get("CLUSTER_KEEP") != "1":
+            subprocess.run(kubectl_cmd("delete", "namespace", KUSTOMIZE_NS, "--wait=true",
+                                       "--timeout=300s"), capture_output=True, timeout=360)
+            subprocess.run(kubectl_cmd("delete", "pv", pv_name, "--wait=true"),
+                           capture_output=True, timeout=120)
+            shutil.rmtree(pv_dir, ignore_errors=True)
 
 
 # --- 3. day two (last: they restart the components) -----------------------------------------
