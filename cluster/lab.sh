@@ -361,6 +361,10 @@ load_image() {  # docker image -> containerd #2 (stand-in for `kind load`), skip
   mark=$LAB_ROOT/containerd/loaded/$(echo "$tag" | tr '/:' '__')
   [[ -f $mark && "$(cat "$mark")" == "$id" ]] && return 0
   local t0=$SECONDS
+  # The previous build of this tag first (and its :lab2 alias): unreferenced, its layers
+  # are garbage-collected, so the store holds one version of each image, not one per build
+  # (a 5.5 GB predictor image per rebuild filled the disk once).
+  ctr_ images rm "docker.io/library/$tag" "docker.io/library/${tag%%:*}:lab2" >/dev/null 2>&1 || true
   docker save "$tag" | ctr_ images import - >/dev/null
   mkdir -p "$(dirname "$mark")"; echo "$id" > "$mark"
   log "image $tag loaded into containerd #2 ($((SECONDS - t0))s)"

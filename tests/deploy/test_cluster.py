@@ -393,15 +393,7 @@ def b64(data: bytes) -> str:
 
 
 def upstream_distances(cache: Path, sides: list[tuple[bytes, bytes]]) -> np.ndarray:
-    import torch
-
-    from tests.checkpoints import upstream_dreamsim
-
-    model, preprocess = upstream_dreamsim(cache, VARIANT)
-    with torch.no_grad():
-        xa = torch.cat([preprocess(Image.open(io.BytesIO(a))) for a, _ in sides])
-        xb = torch.cat([preprocess(Image.open(io.BytesIO(b))) for _, b in sides])
-        return np.asarray(model(xa, xb).double().numpy())
+    return _upstream_of(cache, VARIANT, sides)
 
 
 def similarity(url: str, sides: list[tuple[bytes, bytes]], timeout: float = 300) -> httpx.Response:
@@ -878,6 +870,108 @@ def test_upgrade_image_tag(service: Service) -> None:
     for component in ("predictor", "transformer"):
         images = {c["image"] for p in pods(component) for c in p["spec"]["containers"]}
         assert all(i.endswith(f":{ALT_TAG}") for i in images), images
+
+
+SECOND_VARIANT = "clip_vitb32"
+
+
+def test_upgrade_model_type_through_a_release_host(service: Service, weights: Path) -> None:
+    """`helm upgrade --set predictor.modelType=...`: the predictor's init container fetches
+    the new variant's files from a release host inside the cluster (a stand-in for
+    github.com: a pod serving the upstream file names, `weights.fetch.baseUrl`) into the
+    PVC beside the old ones; then the service answers with the new variant's distances,
+    also for a pair it had cached under the old one; back to dino_vitb16 without a fetch."""
+    if not CONTEXT.startswith("clusterlab"):
+        pytest.skip("the release host serves a hostPath folder: only on the cluster lab")
+    from tests.checkpoints import cached_upstream_cache
+    from tests.deploy.mirror import release_mirror
+
+    clip = cached_upstream_cache(SECOND_VARIANT, seed=11)
+    folder = Path("/var/lib/clusterlab/pv") / f"{NAMESPACE}-release-host"
+    shutil.rmtree(folder, ignore_errors=True)
+    release_mirror(clip, SECOND_VARIANT, folder)
+    image = yaml.safe_load(VALUES.read_text()).get("transformer", {}).get("image", {})
+    ref = f"{image.get('repository', 'image-similarity-transformer')}:{image.get('tag', '0.1.0')}"
+    host = {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "release-host", "namespace": NAMESPACE,
+                      "labels": {"app": "release-host"}},
+         "spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                  "tolerations": [{"operator": "Exists"}],
+                  "containers": [{"name": "http", "image": ref, "imagePullPolicy": "IfNotPresent",
+                                  "command": ["python", "-m", "http.server", "8000",
+                                              "--directory", "/srv"],
+                                  "readinessProbe": {"tcpSocket": {"port": 8000},
+                                                     "periodSeconds": 1},
+                                  "volumeMounts": [{"name": "srv", "mountPath": "/srv",
+                                                    "readOnly": True}]}],
+                  "volumes": [{"name": "srv", "hostPath": {"path": str(folder),
+                                                           "type": "Directory"}}]}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "release-host", "namespace": NAMESPACE},
+         "spec": {"selector": {"app": "release-host"},
+                  "ports": [{"port": 8000, "targetPort": 8000}]}}]}
+    sides = [(_png(51), _png(52)), (_png(53), _png(54))]
+    before = similarity(service.url, sides)  # now cached under dino_vitb16's identity
+    assert before.status_code == 200, before.text
+    try:
+        kubectl("apply", "-f", "-", input=json.dumps(host))
+        kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/release-host",
+                "--timeout=300s", timeout=360)
+        t0 = time.monotonic()
+        helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
+             f"predictor.modelType={SECOND_VARIANT}", "--set",
+             f"weights.fetch.baseUrl=http://release-host.{NAMESPACE}.svc:8000")
+        time.sleep(5)
+        took = wait_served()
+        first_answer_s(service.url, 60)
+        logs = kubectl("-n", NAMESPACE, "logs", f"deployment/{NAME}-predictor", "-c",
+                       "fetch-weights")
+        figure(f"helm upgrade (modelType {SECOND_VARIANT}, fetched from the in-cluster "
+               f"release host) -> wait_ready.sh: {time.monotonic() - t0:.0f} s "
+               f"(wait {took:.0f} s); fetch-weights: {logs.strip().splitlines()[-1][:160]}")
+        health = httpx.get(service.url + "/health", timeout=30).json()
+        assert health["model_type"] == SECOND_VARIANT, health
+        r = similarity(service.url, sides)
+        assert r.status_code == 200, r.text
+        got = [s["distance"] for s in r.json()["scores"]]
+        want = [float(d) for d in _upstream_of(clip, SECOND_VARIANT, sides)]
+        old = [s["distance"] for s in before.json()["scores"]]
+        figure(f"{SECOND_VARIANT}: max |service - upstream| = "
+               f"{max(abs(g - w) for g, w in zip(got, want, strict=True)):.2e}; "
+               f"dino_vitb16 gave {old}")
+        assert all(abs(g - w) < 1e-5 for g, w in zip(got, want, strict=True)), (got, want)
+        assert all(abs(g - o) > 1e-4 for g, o in zip(got, old, strict=True)), (
+            "the old variant's distances came back (a cache kept across the model change?)")
+    finally:
+        helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
+             "predictor.modelType=dino_vitb16", "--set", "weights.fetch.baseUrl=")
+        time.sleep(5)
+        wait_served()
+        subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "pod,service", "-l",
+                                   "app=release-host", "--wait=false"),
+                       capture_output=True, timeout=60)
+        subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "service", "release-host",
+                                   "--wait=false"), capture_output=True, timeout=60)
+    logs = kubectl("-n", NAMESPACE, "logs", f"deployment/{NAME}-predictor", "-c",
+                   "fetch-weights")
+    assert "already present" in logs, logs
+    r = similarity(service.url, sides)
+    assert r.status_code == 200, r.text
+    back = [s["distance"] for s in r.json()["scores"]]
+    assert all(abs(b - o) < 1e-5 for b, o in zip(back, old, strict=True)), (back, old)
+
+
+def _upstream_of(cache: Path, variant: str, sides: list[tuple[bytes, bytes]]) -> np.ndarray:
+    import torch
+
+    from tests.checkpoints import upstream_dreamsim
+
+    model, preprocess = upstream_dreamsim(cache, variant)
+    with torch.no_grad():
+        xa = torch.cat([preprocess(Image.open(io.BytesIO(a))) for a, _ in sides])
+        xb = torch.cat([preprocess(Image.open(io.BytesIO(b))) for _, b in sides])
+        return np.asarray(model(xa, xb).double().numpy())
 
 
 def test_crashlooping_transformer_fails_wait_ready_then_rollback(service: Service) -> None:

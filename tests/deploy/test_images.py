@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from PIL import Image
 
 from tests.checkpoints import upstream_dreamsim
 from tests.deploy import docker_cli as dk
+from tests.deploy.mirror import release_mirror
 from tests.deploy.render import CHART, arg_value, container, env_of, one, render
 from tests.procs import REPO_ROOT, free_port
 from tests.test_e2e import distinct_images
@@ -439,32 +439,13 @@ def _compose_cmd() -> list[str]:
     pytest.skip("neither docker-compose nor the compose plugin is installed")
 
 
-def _mirror(weights: Path, folder: Path) -> None:
-    """The release host's files under their upstream names (predictor.weights' mirror
-    layout): the variant's release zip and the torch.hub backbone."""
-    from predictor.layout import get_variant
-    from predictor.weights.fetch import sources
-
-    variant = get_variant(VARIANT)
-    where = sources(variant, "http://mirror")
-    folder.mkdir(mode=0o755)
-    with zipfile.ZipFile(folder / where.release_url.rsplit("/", 1)[1], "w") as zf:
-        for name in variant.release_files:
-            for path in [weights / name, *sorted((weights / name).rglob("*"))]:
-                zf.write(path, path.relative_to(weights).as_posix())
-    assert where.hub_url is not None and variant.hub_file is not None
-    shutil.copy(weights / variant.hub_file.path, folder / where.hub_url.rsplit("/", 1)[1])
-    for path in folder.iterdir():
-        path.chmod(0o644)
-
-
 def test_compose_cpu_end_to_end(images: dict[str, str], weights: Path,
                                 tmp_path: Path) -> None:
     """docker-compose.yml + docker-compose.cpu.yml, the weights service included: it
     downloads the test checkpoint from a local stand-in for the release hosts
     (WEIGHTS_BASE_URL), then predictor and transformer serve upstream's distances."""
     compose = _compose_cmd()
-    _mirror(weights, tmp_path / "mirror")
+    release_mirror(weights, VARIANT, tmp_path / "mirror")
     # Test-only addition: the release host, an HTTP server in the transformer image.
     extra = tmp_path / "release-host.yml"
     extra.write_text(yaml.safe_dump({"services": {
