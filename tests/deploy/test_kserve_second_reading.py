@@ -168,11 +168,20 @@ if [[ "$*" == *"rollout status deployment/${ISVC}-predictor"* ]]; then
         exit 1
     fi
 fi
+# LAG=1: KServe leaves status.observedGeneration one behind until the object is touched.
+if [[ ${LAG:-0} == 1 ]]; then
+    case "$*" in
+        *"jsonpath={.metadata.generation}"*) echo 3 ;;
+        *"jsonpath={.status.observedGeneration}"*)
+            if [[ -f "$KCOUNT.nudged" ]]; then echo 3; else echo 2; fi ;;
+        *" annotate "*) touch "$KCOUNT.nudged" ;;
+    esac
+fi
 exit 0
 """
 
 
-def _wait_ready(tmp_path: Path, fails: int, timeout_s: int) -> tuple[
+def _wait_ready(tmp_path: Path, fails: int, timeout_s: int, **extra: str) -> tuple[
         subprocess.CompletedProcess[str], list[str], float]:
     kubectl = tmp_path / "kubectl"
     kubectl.write_text(FAKE_KUBECTL)
@@ -180,7 +189,7 @@ def _wait_ready(tmp_path: Path, fails: int, timeout_s: int) -> tuple[
     log = tmp_path / "log"
     env = {**os.environ, "KUBECTL": str(kubectl), "KLOG": str(log), "KCOUNT": str(
         tmp_path / "count"), "FAIL_ROLLOUTS": str(fails), "ISVC": "sim",
-        "WAIT_READY_RETRY_S": "0.2"}
+        "WAIT_READY_RETRY_S": "0.2", **extra}
     start = time.monotonic()
     proc = subprocess.run(["bash", str(WAIT), "dreamsim", "sim", str(timeout_s)], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -200,6 +209,21 @@ def test_wait_script_retries_past_the_progress_deadline(tmp_path: Path) -> None:
         "--for=condition=TransformerReady", "--for=condition=Ready ")]
     assert order == sorted(order), calls
     assert "progress deadline" in proc.stderr
+
+
+def test_wait_script_nudges_kserve_when_its_observed_generation_lags(tmp_path: Path) -> None:
+    """Seen on the cluster lab (KServe v0.20, a replicas-only upgrade): observedGeneration
+    stayed one behind with every condition True, so `kubectl wait --for=condition` never
+    returned. The script touches an annotation, once the rollouts are done, and goes on."""
+    proc, calls, _ = _wait_ready(tmp_path, fails=0, timeout_s=60, LAG="1",
+                                 WAIT_READY_NUDGE_S="1")
+    assert proc.returncode == 0, proc.stderr
+    nudges = [c for c in calls if " annotate " in f" {c} "]
+    assert len(nudges) == 1 and "reconcile-nudge=" in nudges[0], calls
+    order = [next(i for i, c in enumerate(calls) if key in c) for key in (
+        "deployment/sim-transformer", " annotate ", "--for=condition=TransformerReady")]
+    assert order == sorted(order), calls
+    assert "observedGeneration lags" in proc.stderr
 
 
 def test_wait_script_gives_up_at_its_deadline(tmp_path: Path) -> None:
@@ -578,3 +602,45 @@ def test_docs_lead_with_the_gateway_api() -> None:
     prereq = section(docs(), "### Prerequisites")
     assert prereq.index("Gateway API") < prereq.index("ingress-nginx")
     assert "retired" in docs()
+
+
+# --- found live on the cluster lab (issue 17) -------------------------------------------------
+
+def _transformer_pod(isvc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = isvc["spec"]["transformer"]
+    return spec, next(c for c in spec["containers"] if c["name"] == "kserve-container")
+
+
+@pytest.mark.parametrize("source", ["chart", "manifests"])
+def test_a_terminating_transformer_serves_until_its_endpoints_are_gone(source: str) -> None:
+    """Deleting one of two transformer pods under load gave clients connection errors on the
+    cluster lab: the Service still sent the terminating pod new connections for a moment.
+    A preStop sleep keeps it serving while its endpoints drop; the grace period covers the
+    sleep and SHUTDOWN_GRACE_PERIOD's drain (30 s) after it."""
+    isvc = (one(render(), "InferenceService") if source == "chart"
+            else one([doc for path, doc in manifest_objects()
+                      if path.name == "inferenceservice.yaml"], "InferenceService"))
+    spec, main = _transformer_pod(isvc)
+    command = main["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 3, command
+    shutdown = int(env_of(main).get("SHUTDOWN_GRACE_PERIOD", "30"))
+    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + shutdown + 3, spec
+
+
+def test_the_presleep_can_be_switched_off() -> None:
+    spec, main = _transformer_pod(one(render({"transformer": {"preStopSleepSeconds": 0}}),
+                                      "InferenceService"))
+    assert "lifecycle" not in main
+    assert spec["terminationGracePeriodSeconds"] == 40
+
+
+def test_reuse_values_from_an_older_release_keeps_the_transformer_valid() -> None:
+    """`helm upgrade --reuse-values` from a release made before these values existed
+    passes none of them: the InferenceService must still get an integer grace period and
+    the default sleep (seen live: KServe's CRD refused a null terminationGracePeriodSeconds)."""
+    older = {"transformer": {"preStopSleepSeconds": None,
+                             "terminationGracePeriodSeconds": None}}
+    spec, main = _transformer_pod(one(render(older), "InferenceService"))
+    assert spec["terminationGracePeriodSeconds"] == 40
+    assert main["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+

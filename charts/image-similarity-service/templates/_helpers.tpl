@@ -348,3 +348,22 @@ annotations, then the autoscaler class, which KServe reads per component.
 {{- $class := dict "serving.kserve.io/autoscalerClass" (include "image-similarity.autoscalerClass" .) }}
 {{- toYaml (merge $class (deepCopy (default (dict) .podAnnotations))) }}
 {{- end }}
+
+{{/*
+The transformer's preStop sleep and grace period, with the chart's defaults (5 s, 40 s)
+where the values lack them: `helm upgrade --reuse-values` from a release made by a chart
+without these values passes none (seen on the cluster lab: "terminationGracePeriodSeconds:
+Invalid value: null"). An explicit 0 switches the sleep off.
+*/}}
+{{- define "image-similarity.transformerPreStop" -}}
+{{- if and (hasKey . "preStopSleepSeconds") (kindIs "float64" .preStopSleepSeconds) -}}
+{{- int .preStopSleepSeconds -}}
+{{- else if and (hasKey . "preStopSleepSeconds") (kindIs "int64" .preStopSleepSeconds) -}}
+{{- .preStopSleepSeconds -}}
+{{- else -}}
+5
+{{- end -}}
+{{- end }}
+{{- define "image-similarity.transformerGrace" -}}
+{{- .terminationGracePeriodSeconds | default 40 | int -}}
+{{- end }}
