@@ -30,6 +30,31 @@ for c in predictor transformer; do
         sleep "$retry_s"
     done
 done
+# kubectl wait only trusts conditions of the current generation (status.observedGeneration).
+# KServe v0.20 was seen (the cluster lab, a replicas-only upgrade) to leave observedGeneration
+# one behind, every condition True, until some other event made it reconcile again: then the
+# waits below never return. So once the rollouts are done, give it a minute, then touch an
+# annotation (metadata only: no rollout, no new generation) so that the controller looks again.
+gen_lag() {
+    local g o
+    g=$("$KUBECTL" -n "$ns" get "inferenceservice/$name" -o jsonpath='{.metadata.generation}')
+    o=$("$KUBECTL" -n "$ns" get "inferenceservice/$name" -o jsonpath='{.status.observedGeneration}')
+    [[ -n $g && "${o:-0}" -lt "$g" ]]
+}
+nudge_at=$((SECONDS + ${WAIT_READY_NUDGE_S:-60}))
+while gen_lag; do
+    if ((SECONDS >= deadline)); then
+        echo "wait_ready: inferenceservice/$name: KServe has not observed its current generation within $timeout_s s" >&2
+        exit 1
+    fi
+    if ((SECONDS >= nudge_at)); then
+        echo "wait_ready: inferenceservice/$name: status.observedGeneration lags its generation with the rollouts done; annotating it so that KServe reconciles again" >&2
+        "$KUBECTL" -n "$ns" annotate "inferenceservice/$name" --overwrite \
+            "image-similarity.dev/reconcile-nudge=$(date +%s)" >/dev/null
+        nudge_at=$((SECONDS + 60))
+    fi
+    sleep 2
+done
 "$KUBECTL" -n "$ns" wait --for=condition=TransformerReady "inferenceservice/$name" --timeout="$(left)s"
 "$KUBECTL" -n "$ns" wait --for=condition=Ready "inferenceservice/$name" --timeout="$(left)s"
 echo "wait_ready: inferenceservice/$name in $ns is ready"
