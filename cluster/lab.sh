@@ -577,12 +577,26 @@ EOF
   wait_for "KServe manager (host process)" 180 curl -fsS http://127.0.0.1:18081/readyz
 }
 
+# ---------------------------------------------------------------- NetworkPolicy
+# kube-router as a NetworkPolicy agent only (no routing, no service proxy, no CNI of its
+# own: the pods stay on CNI ptp): its iptables and ipset rules enforce the cluster's
+# NetworkPolicies on the pods' traffic. kindnet's agent cannot run on this kernel (no
+# nftables queue); kube-router's iptables backend can. LAB_NETPOL=0 leaves it out.
+netpol() {
+  [[ ${LAB_NETPOL:-1} == 1 ]] || { log "NetworkPolicy agent left out (LAB_NETPOL=0)"; return 0; }
+  [[ -x $BIN/kube-router ]] || "$here/build.sh" kube_router
+  start kube-router "$BIN/kube-router" --kubeconfig="$KUBECONFIG" --hostname-override="$NODE" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --enable-pod-egress=false --service-cluster-ip-range="$SVC_CIDR" --health-port=20244 --v=1
+  wait_for "kube-router (NetworkPolicy agent)" 120 curl -fsS http://127.0.0.1:20244/healthz
+}
+
 # ---------------------------------------------------------------- down
 down() {
   log "tearing the cluster lab down"
   # Pods first, while the kubelet runs? No: stop the kubelet so nothing restarts, then kill
   # every task of containerd #2 and remove its containers and sandboxes' network namespaces.
-  stop_pid kube-proxy; stop_pid kubelet
+  stop_pid kube-router; stop_pid kube-proxy; stop_pid kubelet
   if [[ -S $CTR_SOCK ]]; then
     for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s KILL "$t" 2>/dev/null || true; done
     sleep 1
@@ -604,6 +618,8 @@ down() {
   done
   # iptables: kube-proxy's chains, then ours.
   [[ -x $BIN/kube-proxy ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  # kube-router's policy chains and ipsets (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*).
+  [[ -x $BIN/kube-router ]] && "$BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true
   for t in filter nat mangle; do
     { iptables -t "$t" -S 2>/dev/null | grep -- '--comment clusterlab' || true; } | sed 's/^-A /-D /' | while read -r r; do
       eval "iptables -t $t $r" 2>/dev/null || true
@@ -667,6 +683,7 @@ up() {
   system_images
   kubelet_
   addons
+  netpol
   kserve
   project_images
   load_project_images

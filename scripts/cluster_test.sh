@@ -30,6 +30,8 @@ t_up=$((SECONDS - t0))
 echo "cluster-test: cluster up in ${t_up} s"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}:$PWD/client"
 export KUBECONFIG CLUSTER_TEST_CONTEXT=clusterlab CLUSTER_TEST_ALT_TAG=lab2
+# the lab runs kube-router as its NetworkPolicy agent unless LAB_NETPOL=0
+export CLUSTER_TEST_NETPOL=$([[ ${LAB_NETPOL:-1} == 1 && ${LAB_TIER:-B} != A ]] && echo 1 || echo 0)
 KUBECONFIG=$(cluster/lab.sh kubeconfig)
 t1=$SECONDS
 status=0

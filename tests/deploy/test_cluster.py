@@ -714,6 +714,9 @@ def _set_gpus(count: int) -> None:
                     "value": str(count)}]))
 
 
+REQUESTS_PER_POLICY = 30  # one pair of two distinct images each
+
+
 def test_three_predictors_calls_per_pod(service: Service) -> None:
     """Issue 17, item 5: three predictor replicas and a client loading them; the images each
     predictor pod embedded, for the default policy (pick_first over PREDICTOR_CONNECTIONS
@@ -736,15 +739,23 @@ def test_three_predictors_calls_per_pod(service: Service) -> None:
 
             def one(i: int, tag: int = len(spread)) -> int:
                 sides = [(_png(1000 * (tag + 1) + 2 * i), _png(1000 * (tag + 1) + 2 * i + 1))]
-                return similarity(service.url, sides, timeout=300).status_code
+                deadline = time.monotonic() + 120
+                while True:  # a transformer briefly unready on 2 loaded cores: retry
+                    try:
+                        return similarity(service.url, sides, timeout=300).status_code
+                    except httpx.TransportError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(1)
 
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                codes = list(pool.map(one, range(48)))
-            assert codes == [200] * 48, codes
+                codes = list(pool.map(one, range(REQUESTS_PER_POLICY)))
+            assert codes == [200] * REQUESTS_PER_POLICY, codes
             after = _images_per_predictor()
             spread[policy] = {k[-5:]: after[k] - before.get(k, 0) for k in after}
             figure(f"3 predictors, {policy}: images embedded per predictor pod "
-                   f"{sorted(spread[policy].values(), reverse=True)} (96 sent)")
+                   f"{sorted(spread[policy].values(), reverse=True)} "
+                   f"({2 * REQUESTS_PER_POLICY} sent)")
     finally:
         helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
              "predictor.minReplicas=1", "--set", "predictor.maxReplicas=1", "--set",
@@ -752,8 +763,8 @@ def test_three_predictors_calls_per_pod(service: Service) -> None:
         time.sleep(5)
         wait_served()
         _set_gpus(1)
-    assert sum(spread["round_robin"].values()) == 96, spread
-    assert min(spread["round_robin"].values()) >= 96 / 3 / 2, (
+    assert sum(spread["round_robin"].values()) == 2 * REQUESTS_PER_POLICY, spread
+    assert min(spread["round_robin"].values()) >= 2 * REQUESTS_PER_POLICY / 3 / 2, (
         f"round_robin left a predictor pod nearly idle: {spread}")
 
 
@@ -800,11 +811,15 @@ def test_kubectl_apply_k_manifests(weights: Path, installed: bool, tmp_path: Pat
             "namespace": KUSTOMIZE_NS, "resources": ["../manifests/overlays/cpu"],
             "patches": [{"target": {"group": "serving.kserve.io", "kind": "InferenceService",
                                     "name": "image-similarity"},
-                         "patch": yaml.safe_dump([{
-                             "op": "replace",
-                             "path": "/spec/predictor/containers/0/resources",
-                             "value": {"requests": {"cpu": "250m", "memory": "1Gi"},
-                                       "limits": {"cpu": "2", "memory": "4Gi"}}}])}]}))
+                         "patch": yaml.safe_dump([
+                             {"op": "replace",
+                              "path": "/spec/predictor/containers/0/resources",
+                              "value": {"requests": {"cpu": "250m", "memory": "1Gi"},
+                                        "limits": {"cpu": "2", "memory": "4Gi"}}},
+                             {"op": "replace",
+                              "path": "/spec/transformer/containers/0/resources",
+                              "value": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                        "limits": {"cpu": "1", "memory": "2Gi"}}}])}]}))
         # The claim first, filled with the test checkpoint, so that fetch-weights finds it.
         rendered = kubectl("kustomize", str(lab))
         claim = next(d for d in yaml.safe_load_all(rendered)
@@ -840,6 +855,65 @@ def test_kubectl_apply_k_manifests(weights: Path, installed: bool, tmp_path: Pat
             subprocess.run(kubectl_cmd("delete", "pv", pv_name, "--wait=true"),
                            capture_output=True, timeout=120)
             shutil.rmtree(pv_dir, ignore_errors=True)
+
+
+# --- 7. NetworkPolicy -----------------------------------------------------------------------
+
+NETPOL = os.environ.get("CLUSTER_TEST_NETPOL") == "1"
+
+PROBE = """
+import json, socket, sys
+out = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        out[target] = "connected"
+    except OSError as e:
+        out[target] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_network_policy_keeps_other_pods_off_the_predictor(service: Service) -> None:
+    """Issue 17, item 6: with a NetworkPolicy agent enforcing the chart's policies (the
+    lab's kube-router), a pod that is not the transformer cannot open a connection to the
+    predictor, to its pod or through its Service; the same pod reaches the cluster DNS (so
+    its network works), and traffic through the transformer still flows."""
+    if not NETPOL:
+        pytest.skip("no NetworkPolicy agent named in this cluster: CLUSTER_TEST_NETPOL=1 "
+                    "says there is one (the cluster lab runs kube-router unless LAB_NETPOL=0)")
+    pod_ip = pods("predictor")[0]["status"]["podIP"]
+    svc_ip = kjson("-n", NAMESPACE, "get", "service", f"{NAME}-predictor")["spec"]["clusterIP"]
+    targets = [f"{pod_ip}:8081", f"{pod_ip}:8080", f"{svc_ip}:8081", "10.96.0.10:53"]
+    image = yaml.safe_load(VALUES.read_text()).get("transformer", {}).get("image", {})
+    ref = f"{image.get('repository', 'image-similarity-transformer')}:{image.get('tag', '0.1.0')}"
+    probe = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "netpol-probe", "namespace": NAMESPACE,
+                          "labels": {"app": "netpol-probe"}},
+             "spec": {"restartPolicy": "Never", "tolerations": [{"operator": "Exists"}],
+                      "securityContext": {"runAsUser": 1000},
+                      "containers": [{"name": "probe", "image": ref,
+                                      "imagePullPolicy": "IfNotPresent",
+                                      "command": ["python", "-c", PROBE, *targets]}]}}
+    kubectl("apply", "-f", "-", input=json.dumps(probe))
+    try:
+        deadline = time.monotonic() + 180
+        while kjson("-n", NAMESPACE, "get", "pod", "netpol-probe")["status"].get(
+                "phase") not in ("Succeeded", "Failed"):
+            assert time.monotonic() < deadline, "the probe pod did not finish"
+            time.sleep(2)
+        seen = json.loads(kubectl("-n", NAMESPACE, "logs", "netpol-probe").strip()
+                          .splitlines()[-1])
+    finally:
+        subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "pod", "netpol-probe",
+                                   "--wait=false"), capture_output=True, timeout=60)
+    figure(f"NetworkPolicy (kube-router): a pod that is not the transformer got {seen}")
+    assert seen["10.96.0.10:53"] == "connected", seen
+    for target in targets[:3]:
+        assert seen[target] != "connected", f"{target} reachable from a foreign pod: {seen}"
+    r = similarity(service.url, [(_png(61), _png(62))])
+    assert r.status_code == 200, r.text
 
 
 # --- 3. day two (last: they restart the components) -----------------------------------------
@@ -921,7 +995,10 @@ def test_upgrade_model_type_through_a_release_host(service: Service, weights: Pa
         t0 = time.monotonic()
         helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
              f"predictor.modelType={SECOND_VARIANT}", "--set",
-             f"weights.fetch.baseUrl=http://release-host.{NAMESPACE}.svc:8000")
+             f"weights.fetch.baseUrl=http://release-host.{NAMESPACE}.svc:8000",
+             # what docs/deploy.md says an in-cluster mirror needs under a policy agent
+             "--set-json", 'networkPolicy.predictor.storageEgress=[{"to": [{"podSelector": '
+             '{"matchLabels": {"app": "release-host"}}}], "ports": [{"port": 8000}]}]')
         time.sleep(5)
         took = wait_served()
         first_answer_s(service.url, 60)
@@ -945,7 +1022,8 @@ def test_upgrade_model_type_through_a_release_host(service: Service, weights: Pa
             "the old variant's distances came back (a cache kept across the model change?)")
     finally:
         helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set",
-             "predictor.modelType=dino_vitb16", "--set", "weights.fetch.baseUrl=")
+             "predictor.modelType=dino_vitb16", "--set", "weights.fetch.baseUrl=",
+             "--set-json", "networkPolicy.predictor.storageEgress=[]")
         time.sleep(5)
         wait_served()
         subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "pod,service", "-l",
