@@ -26,7 +26,9 @@ KSERVE_TRANSFORMER = {"serving.kserve.io/inferenceservice": "image-similarity",
                       "component": "transformer"}
 KUBE_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
-DNS_PORTS = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+# The DNS pods' own ports: 53, and 5353 where DNS listens unprivileged (the cluster lab's
+# CoreDNS, OpenShift's): a policy matches the pod's port, not the Service's 53.
+DNS_PORTS = [{"port": p, "protocol": proto} for p in (53, 5353) for proto in ("UDP", "TCP")]
 # The transformer calls the predictor over gRPC only (issue 9 defect 10: 8080 was open too).
 GRPC_PORT = [{"port": 8081, "protocol": "TCP"}]
 
@@ -138,7 +140,7 @@ def test_url_egress_off() -> None:
     assert not any(ip_blocks(r) for r in tr["spec"]["egress"])
     # Still reaches the predictor and the DNS.
     assert [ports_of(r) for r in tr["spec"]["egress"]] == [
-        {(8081, "TCP")}, {(53, "UDP"), (53, "TCP")}]
+        {(8081, "TCP")}, {(p, proto) for p in (53, 5353) for proto in ("UDP", "TCP")}]
 
 
 def test_custom_options() -> None:

@@ -301,15 +301,18 @@ grpc_message_limit: two images a pair or the images of one /embed, 3x224x224 byt
 {{- end }}
 {{- end }}
 
-{{/* Egress to the cluster DNS (UDP and TCP 53), one NetworkPolicy egress rule. */}}
+{{/* Egress to the cluster DNS (UDP and TCP on networkPolicy.dns.ports), one NetworkPolicy
+egress rule. A policy matches the DNS pod's own port, after the Service's translation. */}}
 {{- define "image-similarity.dnsEgress" -}}
 - to:
     {{- toYaml .Values.networkPolicy.dns.peers | nindent 4 }}
   ports:
-    - port: 53
+    {{- range (.Values.networkPolicy.dns.ports | default (list 53 5353)) }}
+    - port: {{ . }}
       protocol: UDP
-    - port: 53
+    - port: {{ . }}
       protocol: TCP
+    {{- end }}
 {{- end }}
 
 {{/* Peers for "the public internet": networkPolicy.publicIPBlocks as ipBlock peers. */}}
