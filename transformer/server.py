@@ -18,6 +18,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ class SimilarityTransformer(Model):
         self._loader: ImageLoader | None = None
         self._admission: Admission | None = None
         self.predictor_info: dict[str, Any] = {}
+        self._info_at = -INFO_MAX_AGE_S  # monotonic time of the last report
 
     def load(self) -> bool:
         # Nothing to load; whether requests can be served is the predictor's readiness,
@@ -217,15 +219,19 @@ class SimilarityTransformer(Model):
         if info.get("model_id") != self.predictor_info.get("model_id"):
             self.cache.clear()
         self.predictor_info.update(info)
+        self._info_at = time.monotonic()
 
     async def health(self) -> tuple[bool, HealthResponse]:
         """Predictor readiness and what it runs.
 
-        Device and model type come with every inference answer; until the first one, an
-        empty batch (no model run) asks for them.
+        Device and model type come with every inference answer; when none came for
+        ``INFO_MAX_AGE_S`` (an idle service, or none yet), an empty batch (no model run)
+        asks for them: a predictor replaced by one of another variant (helm upgrade of the
+        model type) must not be reported as the old one (seen on the cluster lab: /health
+        said dino_vitb16 after the upgrade to clip_vitb32, until a request came).
         """
         ready = await self.predictor.is_ready()
-        if ready and not self.predictor_info:
+        if ready and time.monotonic() - self._info_at >= INFO_MAX_AGE_S:
             # A busy predictor may take seconds to answer even an empty batch; within the
             # probes' 5 s, so that a healthy answer names its device whenever it can.
             with contextlib.suppress(ServiceError):
@@ -241,6 +247,10 @@ class SimilarityTransformer(Model):
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+
+# Seconds a predictor's report (device, model type) is trusted by /health without another
+# answer; the readiness probe (every 10 s) then asks again with an empty batch.
+INFO_MAX_AGE_S = 5.0
 
 # What the predictor reports that /health passes through (additions to the contract).
 _PREDICTOR_HEALTH_FIELDS = ("precision", "device_index", "gpu_name", "attention_backend")

@@ -129,3 +129,40 @@ def test_per_client_scope_keeps_clients_apart(predictor_server: Predictor,
     with start_transformer(predictor_server.grpc, tmp_path / "off.log", env=env) as url:
         assert hits_after(url, {}) == 0
         assert hits_after(url, {}) == 0
+
+
+def test_health_asks_again_once_the_report_is_old() -> None:
+    """A predictor replaced by one of another variant (helm upgrade of the model type) must
+    not be reported as the old one by /health: seen on the cluster lab, /health said
+    dino_vitb16 after the upgrade to clip_vitb32 until a request came. An idle transformer
+    asks the predictor again (an empty batch) once its last report is INFO_MAX_AGE_S old."""
+    import asyncio
+
+    from transformer import server
+    from transformer.settings import TransformerSettings
+
+    class Predictor:  # stands in for the gRPC client: what a restarted predictor reports
+        def __init__(self) -> None:
+            self.model_type, self.asked = "dino_vitb16", 0
+
+        async def is_ready(self) -> bool:
+            return True
+
+        async def describe(self, timeout_s: float) -> dict[str, str]:
+            self.asked += 1
+            return {"model_type": self.model_type, "model_id": f"{self.model_type}:cpu",
+                    "device": "cpu"}
+
+    service = server.SimilarityTransformer("dreamsim", TransformerSettings(),
+                                           predictor_host="127.0.0.1:1")
+    stand_in = Predictor()
+    service.predictor = stand_in  # type: ignore[assignment]
+
+    async def model_type() -> str | None:
+        return (await service.health())[1].model_type
+
+    assert asyncio.run(model_type()) == "dino_vitb16" and stand_in.asked == 1
+    assert asyncio.run(model_type()) == "dino_vitb16" and stand_in.asked == 1  # fresh: kept
+    stand_in.model_type = "clip_vitb32"  # the predictor was replaced
+    service._info_at -= server.INFO_MAX_AGE_S  # and no answer came since
+    assert asyncio.run(model_type()) == "clip_vitb32" and stand_in.asked == 2
