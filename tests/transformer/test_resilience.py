@@ -19,6 +19,7 @@ from tests.transformer.fake_predictor import fake_predictor
 pytestmark = pytest.mark.slow
 
 IMAGES = distinct_images(12, size=128)
+LONG = distinct_images(128, size=64)  # one request of 64 pairs, every image distinct
 
 
 def pairs(n: int, offset: int = 0) -> list[dict[str, object]]:
@@ -116,12 +117,28 @@ def test_predictor_restart_mid_request_and_recovery(dino_weights_dir: Path,
         with start_transformer(f"127.0.0.1:{grpc_port}", tmp_path / "t.log",
                                env={"EMBEDDING_CACHE_SIZE": "0"}) as url:
             assert_serves(url)
-            # A long request, and the predictor is killed while it runs.
+            # A long request, and the predictor is killed while it runs: once it has
+            # embedded its first images (128 distinct images are seconds of work on any
+            # CPU; a fixed sleep before the kill let a request of 12 distinct images finish
+            # first on a quiet machine).
+            metrics = f"http://127.0.0.1:{http_port}/metrics"
+
+            def embedded() -> float:
+                return sum(float(line.split()[-1]) for line in
+                           httpx.get(metrics, timeout=10).text.splitlines()
+                           if line.startswith("dreamsim_images_total"))
+
+            before = embedded()
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(post, url, {"pairs": pairs(12)})
-                time.sleep(1.5)
+                pending = pool.submit(post, url, {"pairs": [
+                    {"reference_image": b64(a), "generated_image": b64(b), "pair_id": f"p{i}"}
+                    for i, (a, b) in enumerate(zip(LONG[::2], LONG[1::2], strict=True))]})
+                deadline = time.monotonic() + 60
+                while embedded() == before and not pending.done():
+                    assert time.monotonic() < deadline, "the predictor never started"
+                    time.sleep(0.05)
                 predictor.kill()
-                r = pending.result(timeout=30)
+                r = pending.result(timeout=60)
             assert r.status_code in (502, 503), r.text
             assert "Traceback" not in r.text
             r = post(url, {"pairs": pairs(1)}, timeout=30)
