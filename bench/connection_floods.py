@@ -48,7 +48,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _hwm(pid: int) -> tuple[int, int]:
+def memory(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in bytes."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
                   .splitlines() if ":" in line)
@@ -207,7 +207,7 @@ def header_drip(url: str, pid: int, n: int, header_timeout: float,
 def _one_head(url: str, pid: int, name: str, head: bytes) -> dict[str, Any]:
     """Send ``head`` on one connection; the answer, its time, CPU and memory it cost."""
     host, port = _addr(url)
-    rss0, _ = _hwm(pid)
+    rss0, _ = memory(pid)
     cpu0 = _cpu_s(pid)
     s = socket.create_connection((host, port), timeout=60)
     start = time.perf_counter()
@@ -239,7 +239,7 @@ def _one_head(url: str, pid: int, name: str, head: bytes) -> dict[str, Any]:
     sender.join(10)
     time.sleep(0.5)
     cpu = _cpu_s(pid) - cpu0
-    peak = _hwm(pid)[1]
+    peak = memory(pid)[1]
     status = _status(data) or "closed without an answer"
     body = data.split(b"\r\n\r\n", 1)[-1][:140].decode("utf-8", "replace")
     row = {"flood": name, "head_bytes": len(head), "sent_bytes": sent[0], "status": status,

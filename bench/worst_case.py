@@ -110,17 +110,10 @@ def header_walks() -> list[dict[str, Any]]:
     return rows
 
 
-def _memory(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in bytes."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
-                  .splitlines() if ":" in line)
-    return (int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024)
-
-
 def scenario(grpc: str, body: bytes, clients: int, log: Path) -> dict[str, Any]:
     """``clients`` concurrent copies of the request on a fresh transformer."""
     with run_transformer(grpc, {"EMBEDDING_CACHE_SIZE": "0"}, log) as (url, pid):
-        base_rss = _memory(pid)[0]
+        base_rss = connection_floods.memory(pid)[0]
 
         def post(_: int) -> tuple[int, float, str]:
             start = time.perf_counter()
@@ -132,7 +125,7 @@ def scenario(grpc: str, body: bytes, clients: int, log: Path) -> dict[str, Any]:
             started = time.perf_counter()
             results = list(pool.map(post, range(clients)))
             wall = time.perf_counter() - started
-        peak = _memory(pid)[1]
+        peak = connection_floods.memory(pid)[1]
     out = {"clients": clients, "body_MB": round(len(body) / 1e6, 1),
            "baseline_rss_MB": round(base_rss / 1e6), "peak_rss_MB": round(peak / 1e6),
            "wall_s": round(wall, 1),
@@ -245,9 +238,9 @@ def one_request(code: Path | None, grpc: str, name: str, route: str, body: bytes
                 log: Path) -> dict[str, Any]:
     """One request on a fresh transformer: its answer and the peak memory it cost."""
     with transformer_at(code, grpc, {"EMBEDDING_CACHE_SIZE": "0"}, log) as (url, pid):
-        base = _memory(pid)[0]
+        base = connection_floods.memory(pid)[0]
         status, seconds, text = _post(url, route, body, 300)
-        peak = _memory(pid)[1]
+        peak = connection_floods.memory(pid)[1]
     row = {"request": name, "body_bytes": len(body), "status": status,
            "seconds": round(seconds, 1), "peak_minus_baseline_MB": round((peak - base) / 1e6),
            "answer": text}
@@ -261,7 +254,7 @@ def flood(code: Path | None, grpc: str, name: str, route: str, body: bytes, clie
     """``clients`` copies of the request at once, on a fresh transformer, for at most
     ``window_s``: the probes' latency meanwhile, the answers, the peak memory."""
     with transformer_at(code, grpc, {}, log) as (url, pid):
-        base = _memory(pid)[0]
+        base = connection_floods.memory(pid)[0]
         probes: list[float] = []
         done = threading.Event()
 
@@ -285,7 +278,7 @@ def flood(code: Path | None, grpc: str, name: str, route: str, body: bytes, clie
         wall = time.perf_counter() - started
         done.set()
         prober.join(65)
-        peak = _memory(pid)[1]
+        peak = connection_floods.memory(pid)[1]
         pool.shutdown(wait=False, cancel_futures=True)
     answers = [f.result() if f.done() else (0, wall, "not answered") for f in futures]
     codes: dict[str, int] = {}

@@ -1026,11 +1026,9 @@ def test_upgrade_model_type_through_a_release_host(service: Service, weights: Pa
              "--set-json", "networkPolicy.predictor.storageEgress=[]")
         time.sleep(5)
         wait_served()
-        subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "pod,service", "-l",
-                                   "app=release-host", "--wait=false"),
+        subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "pod/release-host",
+                                   "service/release-host", "--wait=false"),
                        capture_output=True, timeout=60)
-        subprocess.run(kubectl_cmd("-n", NAMESPACE, "delete", "service", "release-host",
-                                   "--wait=false"), capture_output=True, timeout=60)
     logs = kubectl("-n", NAMESPACE, "logs", f"deployment/{NAME}-predictor", "-c",
                    "fetch-weights")
     assert "already present" in logs, logs
@@ -1043,9 +1041,9 @@ def test_upgrade_model_type_through_a_release_host(service: Service, weights: Pa
 def _upstream_of(cache: Path, variant: str, sides: list[tuple[bytes, bytes]]) -> np.ndarray:
     import torch
 
-    from tests.checkpoints import upstream_dreamsim
+    from tests.checkpoints import cached_upstream_dreamsim
 
-    model, preprocess = upstream_dreamsim(cache, variant)
+    model, preprocess = cached_upstream_dreamsim(cache, variant)
     with torch.no_grad():
         xa = torch.cat([preprocess(Image.open(io.BytesIO(a))) for a, _ in sides])
         xb = torch.cat([preprocess(Image.open(io.BytesIO(b))) for _, b in sides])
