@@ -27,24 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
 from similarity_client import Pair, SimilarityClient
 
-
-def make_images(folder: Path, n: int, *, size: int = 64, seed: int = 0) -> list[Path]:
-    """``n`` distinct small PNGs (smooth gradients plus noise)."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        yy, xx = np.mgrid[0:size, 0:size]
-        base = np.stack([(xx * (i + 3)) % 256, (yy * (2 * i + 1)) % 256,
-                         ((xx + yy) * (i + 1)) % 256], axis=-1)
-        pixels = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
-        path = folder / f"img{seed}-{i:03d}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-    return paths
+from testing.images import image_files
 
 
 def _b64(path: Path) -> str:
@@ -78,7 +63,7 @@ def measure(url: str, *, pairs: int = 2000, distinct: int = 48, naive_pairs: int
     """Time the client on ``pairs`` pairs and one pair per request on ``naive_pairs``."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = workdir or Path(tmp)
-        images = make_images(folder, distinct, seed=12)
+        images = image_files(folder, distinct, seed=12)
         combos = list(itertools.islice(itertools.permutations(range(distinct), 2), pairs))
         # Fewer distinct combinations than pairs: repeat them (under other pair ids).
         combos = [combos[k % len(combos)] for k in range(pairs)]

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from bench.http_client import BenchError, Deadline
-from bench.images import BenchImage
 from bench.settings import Settings
+from testing.photos import BenchImage
 
 
 def measure_decode(images: list[BenchImage], threads: int) -> dict[str, Any]:

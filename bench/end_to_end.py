@@ -15,16 +15,16 @@ import numpy as np
 from bench.components import measure_grpc
 from bench.concurrency import measure_concurrent
 from bench.http_client import Deadline, post, request_body
-from bench.images import BenchImage
 from bench.run_state import Run
 from bench.settings import PIPELINE_CHUNK, Settings
+from testing.photos import BenchImage
 
 
 def measure_service(run: Run, s: Settings, plan: dict[tuple[int, int], list[Any]],
                     batches: list[int], warm: list[Any], shared: list[BenchImage],
                     overlap: list[list[Any]], concurrent: list[list[list[Any]]],
                     inputs: np.ndarray | None, deadline: Deadline) -> None:
-    from bench.service import run_service
+    from testing.procs import run_service
 
     args, res = run.args, run.results
     max_pairs = max([*batches, args.client_pairs, len(shared)])
@@ -81,17 +81,18 @@ def compare_pipelining(run: Run, s: Settings, svc: Any, requests: list[list[Any]
     on the same predictor with the other PIPELINE_CHUNK_IMAGES: decoding overlapped with
     inference (chunks sent while the rest decode) against decoding all, then one call.
     Alternating which goes first; each transformer sees each request once (no cache hit).
-    Both processes share this machine's cores here: ``python -m bench.pipelining`` also
+    Both processes share this machine's cores here: ``python -m bench.studies.pipelining`` also
     measures them on separate cores, as separate pods run."""
-    from bench.service import run_transformer
+    from testing.procs import run_transformer
     from transformer.settings import TransformerSettings
 
     chunk = TransformerSettings().pipeline_chunk_images
     other = 0 if chunk else PIPELINE_CHUNK
     env = {**s.service_env(max_pairs), "PIPELINE_CHUNK_IMAGES": str(other)}
     times: dict[int, list[float]] = {chunk: [], other: []}
-    with run_transformer(svc.grpc, env, run.args.log_dir / f"transformer-chunk-{other}.log"
-                         ) as (url, _), httpx.Client() as http:
+    with run_transformer(svc.grpc, env, run.args.log_dir / f"transformer-chunk-{other}.log",
+                         own_session=True) as transformer, httpx.Client() as http:
+        url = transformer.url
         for r, pairs in enumerate(requests):
             body = request_body(pairs)
             order = [(svc.url, chunk), (url, other)]

@@ -6,7 +6,7 @@ Runs, each step under its own time cap (all together within 8 minutes), and writ
 1. ``env``: Python, torch, its CUDA build, the GPU, the NVIDIA driver found and needed,
    packages missing for the service steps.
 2. ``checkpoint``: the synthetic dino_vitb16 checkpoint in the upstream layout
-   (tests/checkpoints.py; random weights, same cost as the real ones), reused if present.
+   (testing/checkpoints.py; random weights, same cost as the real ones), reused if present.
 3. ``gpu_tests``: the ``gpu``-marked tests (``pytest -m gpu``).
 4. ``model``: images/s of the model alone per precision and batch size, eager and with
    CUDA graphs, as a percentage of the card's dense peak for that precision; the kernel
@@ -176,7 +176,7 @@ def step_env(c: Check) -> dict[str, Any]:
 def step_checkpoint(c: Check) -> dict[str, Any]:
     if c.cache_dir is not None and (c.cache_dir / "checkpoints").is_dir():
         return {"cache_dir": str(c.cache_dir), "built": False}
-    from tests.checkpoints import build_upstream_cache
+    from testing.checkpoints import build_upstream_cache
 
     cache = c.out / "cache" / "dino_vitb16"
     started = time.perf_counter()
@@ -380,8 +380,8 @@ def step_service(c: Check) -> dict[str, Any]:
 
     from bench.concurrency import measure_concurrent
     from bench.http_client import Deadline, Pool, post, request_body
-    from bench.images import make_images
-    from bench.service import run_service
+    from testing.photos import make_images
+    from testing.procs import run_service
 
     assert c.cache_dir is not None
     pairs30, rounds, clients = (2, 1, 2) if c.tiny else (30, 5, 16)

@@ -1,7 +1,7 @@
 """``python -m bench.gpu_check_fidelity``: distance deviation per variant and precision.
 
-For each variant, on its random-weight test cache (tests/checkpoints.py; the upstream
-layout), and on ``--images`` real photographs (bench.images, decoded as the service
+For each variant, on its random-weight test cache (testing/checkpoints.py; the upstream
+layout), and on ``--images`` real photographs (testing.photos, decoded as the service
 decodes them), every pair's distance from:
 
 - upstream ``dreamsim`` 0.2.1 in fp32 on the CPU (the oracle),
@@ -36,7 +36,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _images(n: int) -> np.ndarray:
-    from bench.images import make_images
+    from testing.photos import make_images
     from transformer.images import decode_image
 
     return np.stack([decode_image(im.data) for im in make_images(n, seed=3)])
@@ -52,7 +52,7 @@ def upstream_distances(cache: Path, variant: str, u8: np.ndarray) -> np.ndarray:
     whose pooling happens there; ``embed`` once per image otherwise)."""
     import torch
 
-    from tests.checkpoints import upstream_dreamsim
+    from testing.checkpoints import upstream_dreamsim
 
     model, _ = upstream_dreamsim(cache, variant)
     x = torch.from_numpy(u8).float() / 255  # exactly upstream's ToTensor of these pixels
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from tests.checkpoints import build_upstream_cache
+    from testing.checkpoints import build_upstream_cache
 
     u8 = _images(args.images)
     scratch = Path(tempfile.mkdtemp(prefix="fidelity-"))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -92,14 +92,15 @@ def measure(*, clients: int, seconds: float, images_per_call: int) -> dict[str, 
     from kserve import InferInput, InferRequest
     from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-    from tests.procs import free_port, wait_http_ok
+    from testing.procs import free_port, python_cmd, running, wait_http_ok
 
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd()), "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.gpu_check_predictor_cpu",
-                             "--serve", str(http_port), str(grpc_port)], env=env)
-    try:
-        wait_http_ok(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout_s=120)
+    env = {"PYTHONPATH": str(Path.cwd()), "LOG_LEVEL": "WARNING"}
+    log = Path(tempfile.gettempdir()) / f"gpu_check_predictor_cpu-{os.getpid()}.log"
+    cmd = python_cmd("bench.gpu_check_predictor_cpu", "--serve", str(http_port), str(grpc_port))
+    with running(cmd, env=env, log_path=log, own_session=True) as proc:
+        wait_http_ok(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout_s=120,
+                     proc=proc, log_path=log)
         batch = np.random.default_rng(0).integers(0, 256, (images_per_call, 3, 224, 224),
                                                   dtype=np.uint8)
         tensor = InferInput(name="image", shape=list(batch.shape), datatype="UINT8")
@@ -128,9 +129,6 @@ def measure(*, clients: int, seconds: float, images_per_call: int) -> dict[str, 
         calls1, cpu1, wall1 = sum(done), _cpu_seconds(proc.pid), time.perf_counter()
         for t in threads:
             t.join()
-    finally:
-        proc.terminate()
-        proc.wait(30)
     images = (calls1 - calls0) * images_per_call
     cpu_per_image = (cpu1 - cpu0) / images
     return {"clients": clients, "images_per_call": images_per_call,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.images import BenchImage
+from testing.photos import BenchImage
 
 
 class BenchError(Exception):

@@ -32,7 +32,7 @@ from similarity_client.imagesets import read_images
 from similarity_client.search import Searcher
 from similarity_client.store import EmbeddingStore
 
-from bench.client_throughput import make_images
+from testing.images import image_files
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int, block: int = 100_000) -> np.ndarray:
@@ -109,7 +109,7 @@ def embed_figures(url: str, n: int, chunk_size: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "refs"
         folder.mkdir()
-        make_images(folder, n, seed=int(time.time()) % 100_000)  # unseen by the service
+        image_files(folder, n, seed=int(time.time()) % 100_000)  # unseen by the service
         images = read_images(folder)
         store = EmbeddingStore(Path(tmp) / "store", service_model_type(url))
 
@@ -134,7 +134,7 @@ def store_figures(n: int, dim: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "refs"
         folder.mkdir()
-        make_images(folder, n, seed=7)
+        image_files(folder, n, seed=7)
         images = read_images(folder)
         store = EmbeddingStore(Path(tmp) / "store", "dino_vitb16")
         vectors = unit_rows(np.random.default_rng(7), n, dim)

@@ -96,7 +96,7 @@ def build_tables(run: Run, s: Settings) -> tuple[list[str], list[str]]:
                 f"(PIPELINE_CHUNK_IMAGES=0): {pl['single_call_median_s']:.3f} s (medians of "
                 f"{len(pl['pipelined_s'])}, same requests, alternating order; "
                 f"{pl['single_call_median_s'] / pl['pipelined_median_s']:.2f}x; predictor and "
-                f"transformer share the cores here: see python -m bench.pipelining)")
+                f"transformer share the cores here: see python -m bench.studies.pipelining)")
         if extra:
             text += ["", *extra]
             md += [f"- {e}" for e in extra] + [""]

@@ -1,6 +1,6 @@
 """``make bench`` / ``python -m bench.run``: the service against upstream DreamSim, one run.
 
-On the same weights and the same distinct photographs (``bench/images.py``), measures:
+On the same weights and the same distinct photographs (``testing/photos.py``), measures:
 
 1. the transformer's decode alone (``transformer.images.decode_image``), images/s, one
    thread and a thread pool;
@@ -47,12 +47,12 @@ from typing import Any
 from bench.components import decoded, free_memory, measure_decode, measure_predictor
 from bench.end_to_end import fidelity, measure_service, ref_n_of
 from bench.http_client import BenchError, Deadline, Pool
-from bench.images import MAX_SIDE, MIN_SIDE, BenchImage, describe, make_images
 from bench.machine import machine_info
 from bench.report import write_outputs
 from bench.run_state import Run
 from bench.settings import RESULTS_DIR, Settings, choose_weights, env_or, int_list, read_settings
 from bench.upstream import measure_upstream
+from testing.photos import MAX_SIDE, MIN_SIDE, BenchImage, describe, make_images
 
 
 class BenchTimeout(Exception):

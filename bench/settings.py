@@ -107,7 +107,7 @@ def choose_weights(s: Settings, log: Callable[[str], None]) -> None:
         check_files(target, spec)
         log(f"weights: no complete cache in {s.cache_dir}; using {target} ({RANDOM_WEIGHTS_NOTE})")
     except WeightsError:
-        from tests.checkpoints import build_upstream_cache
+        from testing.checkpoints import build_upstream_cache
 
         log(f"weights: no complete cache in {s.cache_dir}; building the random-weight test "
             f"checkpoint once into {target} ({RANDOM_WEIGHTS_NOTE})")

@@ -2,7 +2,7 @@
 
 On a GPU the model is fast and the transformer (HTTP, JSON, base64, decoding, resizing,
 hashing, gRPC) sets the pace. This machine has no GPU, so this puts in the predictor's
-place an instant stand-in: ``tests/transformer/fake_predictor.py`` (FAKE, on purpose: it
+place an instant stand-in: ``testing/fake_predictor.py`` (FAKE, on purpose: it
 answers constant embeddings at once over the same gRPC v2 protocol, and records a digest
 of every image tensor it receives). Everything else is the real transformer, decoding real
 photographs (500-1100 px, half JPEG and half PNG, every request new).
@@ -36,11 +36,11 @@ import numpy as np
 
 from bench.concurrency import measure_concurrent
 from bench.http_client import Deadline, post, request_body
-from bench.images import BenchImage, make_images
 from bench.machine import machine_info
-from bench.service import run_transformer
 from bench.settings import RESULTS_DIR, reproduce
-from tests.transformer.fake_predictor import fake_predictor
+from testing.fake_predictor import fake_predictor
+from testing.photos import BenchImage, make_images
+from testing.procs import run_transformer
 from transformer.images import decode_image
 from transformer.resize import warm_up
 
@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         servers = {}
         for impl in IMPLS:
             grpc = stack.enter_context(fake_predictor("ok", record=records[impl]))
-            servers[impl] = stack.enter_context(run_transformer(
-                grpc, {**env, "DECODE_IMPL": impl}, log_dir / f"alone-{impl}.log"))
+            t = stack.enter_context(run_transformer(
+                grpc, {**env, "DECODE_IMPL": impl}, log_dir / f"alone-{impl}.log",
+                own_session=True))
+            servers[impl] = (t.url, t.pid)
         http = stack.enter_context(httpx.Client())
         for impl in IMPLS:  # warm-up
             post(http, servers[impl][0], bodies[0], args.pairs, deadline)

@@ -8,8 +8,8 @@ import statistics
 import time
 from typing import Any
 
-from bench.images import BenchImage
 from bench.settings import Settings
+from testing.photos import BenchImage
 
 
 def measure_upstream(s: Settings, pairs: list[tuple[BenchImage, BenchImage]],
@@ -19,7 +19,7 @@ def measure_upstream(s: Settings, pairs: list[tuple[BenchImage, BenchImage]],
     from dreamsim import dreamsim
     from PIL import Image
 
-    from tests.checkpoints import hub_redirect
+    from testing.checkpoints import hub_redirect
 
     device = s.device
     t0 = time.perf_counter()

@@ -6,12 +6,12 @@ For each variant, in a fresh process (so that memory figures are its own):
   model added over a process that had only imported torch), and the peak while loading;
 - speed: images per second through the predictor's model (``DreamSimEmbedder.embed``), and
   CPU seconds per image, in fp32, bf16 and fp16 (where the CPU build of torch runs it),
-  embedding ``--images`` real photographs (bench.images, decoded exactly as the service
+  embedding ``--images`` real photographs (testing.photos, decoded exactly as the service
   decodes) after a warm-up;
 - precision: the largest |distance(precision) - distance(fp32)| over every pair of them.
 
 Weights: the variant's real weights when ``--cache-dir`` holds them, else a random-weight
-cache in the upstream layout (tests/checkpoints.py; same cost as the real ones, built in
+cache in the upstream layout (testing/checkpoints.py; same cost as the real ones, built in
 a temporary folder and deleted afterwards). The deviations of random weights are of the
 same order as real ones but not equal to them: measure with real weights where you have
 them.
@@ -48,7 +48,7 @@ def _rss_mib(field: str = "VmRSS") -> float:
 
 
 def _images(n: int) -> np.ndarray:
-    from bench.images import make_images
+    from testing.photos import make_images
     from transformer.images import decode_image
 
     return np.stack([decode_image(im.data) for im in make_images(n, seed=3)])
@@ -120,7 +120,7 @@ def _weights(variant: str, cache_dir: Path | None, scratch: Path) -> tuple[Path,
             return cache_dir, "real weights"
         except WeightsError:
             pass
-    from tests.checkpoints import build_upstream_cache
+    from testing.checkpoints import build_upstream_cache
 
     return build_upstream_cache(scratch / variant, variant, seed=7), "random test weights"
 

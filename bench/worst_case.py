@@ -26,9 +26,9 @@ open after ``HEADER_TIMEOUT``, the transformer's file descriptors, what a new cl
 ``/health`` gets meanwhile); a head of 1,000,000 headers and one of four 16.8 MB values
 (answer, CPU seconds, peak memory); 40 and 400 slow uploads beside a valid request every
 second (its answers and latencies). Fairness between clients (item 5: slow URLs and costly
-decodes beside a small request) has its own script, ``python -m bench.fairness``.
+decodes beside a small request) has its own script, ``python -m bench.studies.fairness``.
 
-The predictor is an instant stand-in (``tests/transformer/fake_predictor.py``, FAKE on
+The predictor is an instant stand-in (``testing/fake_predictor.py``, FAKE on
 purpose: it answers constant embeddings at once over the same gRPC v2 protocol): the
 predictor's own costs are bounded by the batch limits and measured by ``bench.run``. The
 transformer runs with its default settings (``DECODE_WORKERS`` = the usable CPUs).
@@ -45,7 +45,6 @@ import json
 import os
 import statistics
 import struct
-import sys
 import threading
 import time
 import zlib
@@ -59,11 +58,10 @@ from PIL import Image
 
 from bench import connection_floods
 from bench.machine import machine_info
-from bench.service import run_transformer, spawn
 from bench.settings import RESULTS_DIR, reproduce
-from tests.fuzz.hostile_images import HOSTILE, MEMORY_HOSTILE, gif_huge_canvas, jpeg_many_scans
-from tests.procs import free_port, wait_http_ok
-from tests.transformer.fake_predictor import fake_predictor
+from testing.fake_predictor import fake_predictor
+from testing.hostile_images import HOSTILE, MEMORY_HOSTILE, gif_huge_canvas, jpeg_many_scans
+from testing.procs import free_port, run_transformer, running, transformer_cmd, wait_http_ok
 from transformer.imageguard import why_refused
 from transformer.settings import TransformerSettings
 
@@ -112,7 +110,8 @@ def header_walks() -> list[dict[str, Any]]:
 
 def scenario(grpc: str, body: bytes, clients: int, log: Path) -> dict[str, Any]:
     """``clients`` concurrent copies of the request on a fresh transformer."""
-    with run_transformer(grpc, {"EMBEDDING_CACHE_SIZE": "0"}, log) as (url, pid):
+    with run_transformer(grpc, {"EMBEDDING_CACHE_SIZE": "0"}, log, own_session=True) as t:
+        url, pid = t.url, t.pid
         base_rss = connection_floods.memory(pid)[0]
 
         def post(_: int) -> tuple[int, float, str]:
@@ -145,13 +144,13 @@ def transformer_at(code: Path | None, grpc: str, env: dict[str, str],
     """A transformer with default settings (plus ``env``), from this checkout or from the
     checkout at ``code``; yields (URL, pid)."""
     if code is None:
-        with run_transformer(grpc, env, log) as out:
-            yield out
+        with run_transformer(grpc, env, log, own_session=True) as t:
+            yield t.url, t.pid
         return
     port = free_port()
-    cmd = ["env", f"--chdir={code}", sys.executable, "-m", "transformer", "--predictor_host",
-           grpc, "--predictor_protocol", "grpc-v2", "--http_port", str(port)]
-    with spawn(cmd, env={**env, "PYTHONPATH": str(code)}, log_path=log) as proc:
+    cmd = ["env", f"--chdir={code}", *transformer_cmd(grpc, port)]
+    with running(cmd, env={**env, "PYTHONPATH": str(code)}, log_path=log,
+                 own_session=True) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{url}/health", timeout_s=180, proc=proc, log_path=log)
         yield url, proc.pid

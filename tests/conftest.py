@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
 import io
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from tests.checkpoints import cached_upstream_cache
-from tests.procs import free_port, python_cmd, running, wait_http_ok
+from testing.checkpoints import cached_upstream_cache
+from testing.http_host import IMAGE_HOST_NETWORK, ImageHost
+from testing.http_host import image_host as serve_images
+from testing.procs import Predictor, run_predictor, run_transformer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,7 +52,7 @@ def dino_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MODEL_CACHE_DIR with random dino_vitb16 weights in the upstream layout.
 
     Shared with every other test process through the checkpoint cache
-    (``tests/checkpoints.py``): read it, never write into it (copy it first)."""
+    (``testing/checkpoints.py``): read it, never write into it (copy it first)."""
     return cached_upstream_cache("dino_vitb16", seed=1, scratch=tmp_path_factory.getbasetemp())
 
 
@@ -115,42 +114,25 @@ def photos() -> list[Photo]:
 
 # --- servers on loopback -------------------------------------------------------------------
 
-IMAGE_HOST_NETWORK = "127.0.0.2/32"  # where image_host listens; allowed for URL inputs
-
-@dataclass(frozen=True)
-class Predictor:
-    grpc: str  # host:port
-    http: str  # base URL
-    log: Path  # its stdout and stderr
-
 
 @pytest.fixture(scope="session")
 def predictor_server(dino_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> Iterator[Predictor]:
     """The real predictor process on loopback, dino_vitb16 random weights, CPU."""
     log = tmp_path_factory.mktemp("logs") / "predictor.log"
-    http_port, grpc_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu", "MODEL_TYPE": "dino_vitb16"}
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
-    with running(cmd, env=env, log_path=log) as proc:
-        base = f"http://127.0.0.1:{http_port}"
-        wait_http_ok(f"{base}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
-        yield Predictor(grpc=f"127.0.0.1:{grpc_port}", http=base, log=log)
+    with run_predictor(env, log) as predictor:
+        yield predictor
 
 
 @contextlib.contextmanager
 def start_transformer(predictor_grpc: str, log: Path, *, env: dict[str, str] | None = None,
                       wait_healthy: bool = True) -> Iterator[str]:
-    """A real transformer process; yields its base URL."""
-    port = free_port()
+    """A real transformer process that may fetch from ``image_host``; yields its base URL."""
     env = {"URL_ALLOWED_NETWORKS": IMAGE_HOST_NETWORK, **(env or {})}
-    cmd = python_cmd("transformer", "--predictor_host", predictor_grpc,
-                     "--predictor_protocol", "grpc-v2", "--http_port", str(port))
-    with running(cmd, env=env, log_path=log) as proc:
-        base = f"http://127.0.0.1:{port}"
-        path = "/health" if wait_healthy else "/v2/health/live"
-        wait_http_ok(base + path, timeout_s=60, proc=proc, log_path=log)
-        yield base
+    with run_transformer(predictor_grpc, env, log, timeout_s=60,
+                         wait_path="/health" if wait_healthy else "/v2/health/live") as t:
+        yield t.url
 
 
 @pytest.fixture(scope="session")
@@ -179,58 +161,8 @@ def strict_url(predictor_server: Predictor, tmp_path_factory: pytest.TempPathFac
         yield url
 
 
-class _ImageHandler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path.startswith("/slow"):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.end_headers()
-            for _ in range(100):
-                try:
-                    self.wfile.write(b"\x89")
-                    self.wfile.flush()
-                except OSError:
-                    return
-                time.sleep(0.2)
-            return
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@dataclass
-class ImageHost:
-    base: str
-    files: dict[str, bytes]
-
-    def add(self, name: str, data: bytes) -> str:
-        self.files[f"/{name}"] = data
-        return f"{self.base}/{name}"
-
-
 @pytest.fixture(scope="session")
 def image_host() -> Iterator[ImageHost]:
     """A local HTTP server for URL inputs (add files with ``image_host.add``)."""
-    files: dict[str, bytes] = {}
-    handler = type("Handler", (_ImageHandler,), {"files": files})
-    # 127.0.0.2: the transformer's URL policy blocks loopback; tests allow just this address.
-    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield ImageHost(base=f"http://127.0.0.2:{server.server_address[1]}", files=files)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_images() as host:
+        yield host

@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 
 from bench.concurrency import percentile
-from bench.images import describe, make_images
 from bench.upstream import upstream_time
-from tests.procs import REPO_ROOT
+from testing.photos import describe, make_images
+from testing.procs import REPO_ROOT
 
 
 def test_images_are_distinct_photographs_within_the_size_range() -> None:
@@ -121,11 +121,11 @@ def _run_bench(module: str, args: list[str], weights_dir: Path | None, tmp_path:
 @pytest.mark.slow
 @pytest.mark.bench
 def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path: Path) -> None:
-    """bench.compile at batch 1: eager and torch.compile, with their deviation."""
+    """bench.studies.compile at batch 1: eager and torch.compile, with their deviation."""
     if shutil.which("g++") is None and shutil.which("cc") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler")
-    out = _run_bench("bench.compile", ["--batches", "1", "--repeats", "1"], dino_weights_dir,
-                     tmp_path, TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    out = _run_bench("bench.studies.compile", ["--batches", "1", "--repeats", "1"],
+                     dino_weights_dir, tmp_path, TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
     lines = {m.group(1): float(m.group(2)) for m in re.finditer(
         r"^\s+(eager|compile|cudagraphs) batch\s+1: .* max \|diff\| vs eager (\S+)$",
         out, re.MULTILINE)}
@@ -137,10 +137,11 @@ def test_compile_benchmark_compares_with_eager(dino_weights_dir: Path, tmp_path:
 @pytest.mark.bench
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path: Path) -> None:
-    """bench.pipelining at one pair: predictor and transformers on separate and on shared
+    """bench.studies.pipelining at one pair: predictor and transformers on separate and on shared
     cores, each transformer answering every request."""
-    out = _run_bench("bench.pipelining", ["--pairs", "1", "--requests", "1", "--chunk", "1"],
-                     dino_weights_dir, tmp_path)
+    out = _run_bench("bench.studies.pipelining",
+                     ["--pairs", "1", "--requests", "1", "--chunk", "1"], dino_weights_dir,
+                     tmp_path)
     for layout in ("separate", "shared"):
         assert re.search(rf"^{layout} cores, 1 pairs: chunks of 1 [0-9.]+ s, one call [0-9.]+ s",
                          out, re.MULTILINE), out
@@ -150,9 +151,9 @@ def test_pipelining_benchmark_runs_both_layouts(dino_weights_dir: Path, tmp_path
 @pytest.mark.bench
 def test_batching_benchmark_compares_with_and_without(dino_weights_dir: Path,
                                                       tmp_path: Path) -> None:
-    """bench.batching at 2 clients x 1 request: both settings run and report pairs/s and
+    """bench.studies.batching at 2 clients x 1 request: both settings run and report pairs/s and
     the mean forward-pass size (1 image a pass is impossible: a pair is 2 images)."""
-    out = _run_bench("bench.batching", ["--clients", "2", "--rounds", "1", "--pairs", "1"],
+    out = _run_bench("bench.studies.batching", ["--clients", "2", "--rounds", "1", "--pairs", "1"],
                      dino_weights_dir, tmp_path)
     found = re.findall(r"^BATCH_ACROSS_REQUESTS=(true|false): .* ([0-9.]+) pairs/s, .*; "
                        r"([0-9.]+) images per forward pass", out, re.MULTILINE)
@@ -187,10 +188,11 @@ def test_transformer_alone_benchmark_compares_pillow_and_native(tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.bench
 def test_spreading_benchmark_reports_the_split(tmp_path: Path) -> None:
-    """bench.spreading, one and three connections over three FAKE predictors: the split
-    per predictor, all on one with one connection, a third each with three."""
-    out = _run_bench("bench.spreading", ["--connections", "1,3", "--policies", "round-robin",
-                                         "--clients", "3", "--requests", "3"], None, tmp_path)
+    """bench.studies.spreading, one and three connections over three FAKE predictors: the
+    split per predictor, all on one with one connection, a third each with three."""
+    out = _run_bench("bench.studies.spreading",
+                     ["--connections", "1,3", "--policies", "round-robin", "--clients", "3",
+                      "--requests", "3"], None, tmp_path)
     splits = {int(m.group(1)): [int(n) for n in m.group(2).split(",")] for m in re.finditer(
         r"^policy=round-robin PREDICTOR_CONNECTIONS=(\d+): calls per predictor \[([0-9, ]+)\]",
         out, re.MULTILINE)}
@@ -198,17 +200,18 @@ def test_spreading_benchmark_reports_the_split(tmp_path: Path) -> None:
     assert sum(splits[3]) == 9 and min(splits[3]) >= 2, out
 
 
-# Every benchmark script with a command line (``python -m bench.<name>``).
-SCRIPTS = sorted(p.stem for p in (REPO_ROOT / "bench").glob("*.py")
-                 if "\ndef main(" in p.read_text())
+# Every benchmark script with a command line (``python -m bench.<name>``, the studies as
+# ``bench.studies.<name>``).
+SCRIPTS = sorted(".".join(p.relative_to(REPO_ROOT / "bench").with_suffix("").parts)
+                 for p in (REPO_ROOT / "bench").rglob("*.py") if "\ndef main(" in p.read_text())
 
 
 def test_smoke_every_benchmark_script_starts(capsys: pytest.CaptureFixture[str]) -> None:
     """Each script imports and its options parse (``--help`` exits 0 with a usage line)."""
     import importlib
 
-    assert {"run", "compile", "pipelining", "batching", "transformer_alone",
-            "spreading"} <= set(SCRIPTS)
+    assert {"run", "transformer_alone", "worst_case", "studies.compile", "studies.pipelining",
+            "studies.batching", "studies.spreading", "studies.fairness"} <= set(SCRIPTS)
     for name in SCRIPTS:
         module = importlib.import_module(f"bench.{name}")
         with pytest.raises(SystemExit) as done:

@@ -97,7 +97,7 @@ def test_own_png_path_covers_8bit_gray_rgb_rgba_every_filter() -> None:
 
 def test_photographs_identical() -> None:
     """Real photographs at the sizes clients send, both formats, gray and colour."""
-    from bench.images import make_images
+    from testing.photos import make_images
 
     for image in make_images(8, seed=5, min_side=480, max_side=1100):
         assert_same(image.data, f"{image.fmt} {image.mode} {image.width}x{image.height}")

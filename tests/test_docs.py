@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from predictor.settings import PredictorSettings
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT
 from transformer.settings import TransformerSettings
 
 

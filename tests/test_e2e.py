@@ -13,7 +13,6 @@ and URLs from a local HTTP server; distances equal the upstream package's.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import statistics
 import sys
@@ -24,42 +23,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
+if not __package__:  # run as a script (``python tests/test_e2e.py``): find ``testing/``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from testing.images import b64, check_response, distinct_images  # noqa: E402
+
 BATCHES = (1, 10, 30, 100)
-
-
-def distinct_images(n: int, *, size: int = 512) -> list[bytes]:
-    """``n`` distinct photographs (crops of scikit-image's), alternately PNG and JPEG."""
-    from skimage import data
-
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(),
-               np.stack([data.camera()] * 3, axis=-1)]
-    out = []
-    for i in range(n):
-        src = Image.fromarray(sources[i % len(sources)])
-        w, h = src.size
-        step = i // len(sources)
-        box = (step * 7 % (w // 4), step * 5 % (h // 4), w - (step * 3 % (w // 4)), h - 1)
-        img = src.crop(box).resize((size, size * 3 // 4))
-        buf = io.BytesIO()
-        img.save(buf, "PNG" if i % 2 == 0 else "JPEG", **({} if i % 2 == 0 else {"quality": 90}))
-        out.append(buf.getvalue())
-    return out
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def check_response(body: dict, pairs: list[dict]) -> None:
-    """Contract checks on a 200 answer for ``pairs``."""
-    assert set(body) == {"scores", "processing_time_ms"}, body.keys()
-    assert len(body["scores"]) == len(pairs)
-    assert body["processing_time_ms"] > 0
-    for score, pair in zip(body["scores"], pairs, strict=True):
-        assert set(score) == {"distance", "similarity", "pair_id"}
-        assert score["pair_id"] == pair.get("pair_id")
-        assert score["distance"] >= 0
-        assert abs(score["similarity"] - 1 / (1 + score["distance"])) < 1e-12
 
 
 def run_benchmark(url: str, *, repeats: int = 3, timeout: float = 600) -> list[tuple[int, float]]:
@@ -122,8 +91,8 @@ if "pytest" in sys.modules:
     import pytest
     import torch
 
-    from tests.checkpoints import cached_upstream_dreamsim
-    from tests.conftest import ImageHost
+    from testing.checkpoints import cached_upstream_dreamsim
+    from testing.http_host import ImageHost
 
     @pytest.mark.slow
     def test_30_pairs_mixed_inputs_match_upstream(service_url: str, image_host: ImageHost,

@@ -12,7 +12,7 @@ import pytest
 
 from bench import gpu_check
 from bench.gpu_check import STEPS, Check, Step, goals, plan_ok, run, vit_macs
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT
 
 
 def test_dry_run_lists_every_step_within_eight_minutes() -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import IMAGE_HOST_NETWORK, ImageHost, Predictor
-from tests.procs import free_port, python_cmd, running, wait_http_ok
-from tests.test_e2e import distinct_images
+from testing.http_host import IMAGE_HOST_NETWORK, ImageHost
+from testing.images import distinct_images
+from testing.procs import Predictor, run_transformer
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,8 @@ def loaded_service(predictor_server: Predictor, tmp_path_factory: pytest.TempPat
     env = {"MAX_CONCURRENT_REQUESTS": "3", "MAX_QUEUED_REQUESTS": "2",
            "EMBEDDING_CACHE_SIZE": "0", "URL_ALLOWED_NETWORKS": IMAGE_HOST_NETWORK}
     log = tmp_path_factory.mktemp("logs") / "load-transformer.log"
-    port = free_port()
-    cmd = python_cmd("transformer", "--predictor_host", predictor_server.grpc,
-                     "--http_port", str(port))
-    with running(cmd, env=env, log_path=log) as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/health", timeout_s=60, proc=proc, log_path=log)
-        yield url, proc.pid
+    with run_transformer(predictor_server.grpc, env, log, timeout_s=60) as t:
+        yield t.url, t.pid
 
 
 def test_concurrent_clients_get_complete_correct_answers(loaded_service: tuple[str, int],

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.procs import REPO_ROOT
-from tests.test_e2e import distinct_images
+from testing.images import distinct_images
+from testing.procs import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -28,8 +27,10 @@ import httpx
 import pytest
 
 from predictor.layout import VARIANTS
-from tests.procs import REPO_ROOT, free_port, python_cmd, running, wait_http_ok
-from tests.test_e2e import b64, distinct_images
+from testing.http_host import Handler as QuietHandler
+from testing.http_host import serving
+from testing.images import b64, distinct_images
+from testing.procs import REPO_ROOT, free_port, predictor_cmd, running, wait_http_ok
 
 pytestmark = pytest.mark.slow
 
@@ -75,16 +76,8 @@ def mirror(mirror_dir: Path) -> Iterator[Mirror]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             state.paths.append(self.path)
 
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(Handler, directory=str(mirror_dir)))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(partial(Handler, directory=str(mirror_dir))) as state.url:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def run_env(cache: Path, base_url: str, **extra: str) -> dict[str, str]:
@@ -178,8 +171,7 @@ def test_auto_fetch_off_leaves_the_predictors_message(mirror: Mirror, tmp_path: 
 def test_the_predictor_itself_never_fetches(mirror: Mirror, tmp_path: Path) -> None:
     env = run_env(tmp_path / "models", mirror.url, AUTO_FETCH_WEIGHTS="true")
     log = tmp_path / "predictor.log"
-    with running(python_cmd("predictor", "--http_port", env["PREDICTOR_HTTP_PORT"],
-                            "--grpc_port", env["PREDICTOR_GRPC_PORT"]),
+    with running(predictor_cmd(env["PREDICTOR_HTTP_PORT"], env["PREDICTOR_GRPC_PORT"]),
                  env=env, log_path=log) as proc:
         assert proc.wait(timeout=120) == 2
     assert "are incomplete" in log.read_text()
@@ -341,23 +333,12 @@ def test_not_ready_when_another_process_answers(tmp_path: Path,
     try:
         _lines_until(proc, "run: predictor (", seen, timeout_s=60)
 
-        class Healthy(http.server.BaseHTTPRequestHandler):
+        class Healthy(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
+                self.reply(200, b"{}")
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        other = http.server.ThreadingHTTPServer(("127.0.0.1", port), Healthy)
-        threading.Thread(target=other.serve_forever, daemon=True).start()
-        try:
+        with serving(Healthy, port=port):
             rest, _ = proc.communicate(timeout=300)  # the transformer fails; the run stops
-        finally:
-            other.shutdown()
-            other.server_close()
         seen.append(rest)
     finally:
         if proc.poll() is None:
@@ -386,41 +367,26 @@ def test_ctrl_c_during_start_up_stops_quietly(tmp_path: Path, dino_weights_dir: 
     assert proc.returncode == 130
 
 
-class _Trickle(http.server.BaseHTTPRequestHandler):
+class _Trickle(QuietHandler):
     """A release host on a slow link: announces 50 MB, then sends 64 kB a second."""
 
     def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(50_000_000))
-        self.end_headers()
-        try:
-            for _ in range(600):
-                self.wfile.write(b"\0" * 65536)
-                self.wfile.flush()
-                time.sleep(1)
-        except OSError:
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.trickle(b"\0" * 65536, every_s=1, for_s=600,
+                     headers={"Content-Length": str(50_000_000)})
 
 
 def test_ctrl_c_during_the_weights_download_stops_quietly(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = run_env(tmp_path / "models", f"http://127.0.0.1:{server.server_address[1]}")
-    proc = _start(env)
-    seen: list[str] = []
-    try:
-        _lines_until(proc, "run: fetching the DreamSim weights", seen, timeout_s=60)
-        time.sleep(3)  # downloading
-        after = _ctrl_c(proc, seen)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        server.shutdown()
-        server.server_close()
+    with serving(_Trickle) as base:
+        env = run_env(tmp_path / "models", base)
+        proc = _start(env)
+        seen: list[str] = []
+        try:
+            _lines_until(proc, "run: fetching the DreamSim weights", seen, timeout_s=60)
+            time.sleep(3)  # downloading
+            after = _ctrl_c(proc, seen)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     _quiet_stop(after)
     assert "Traceback" not in "".join(seen) and proc.returncode == 130

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from predictor.layout import VARIANTS
 from service_common import wire
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT
 
 # Literals that are the wire contract (the tensor names are also common words, so they are
 # checked through the modules' imports instead).

@@ -14,7 +14,6 @@ inputs (0 when they are equal). Tests against the real service are in
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import threading
 import time
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from testing.http_host import Handler as QuietHandler
+from testing.http_host import serving
 from transformer.errors import TooManyPairs
 from transformer.schemas import ErrorItem, RequestLimit
 
@@ -112,12 +113,9 @@ class StandIn:
         return [len(r.pairs) for r in self.received]
 
 
-def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
+def _handler(standin: StandIn) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:  # quiet
-            pass
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/health":
@@ -127,12 +125,7 @@ def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
                 body = {"status": "ok" if status == 200 else "loading"}
             else:
                 status, body = 404, {"detail": "Not Found"}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_json(status, body)
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -141,13 +134,7 @@ def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
                 status, headers, body = answer
             else:
                 status, headers, body = standin.answer(raw)
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            for k, v in {"Content-Type": "application/json", **headers}.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_json(status, body, headers)
 
     return Handler
 
@@ -155,13 +142,5 @@ def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
 @contextmanager
 def serve(standin: StandIn, port: int = 0) -> Iterator[StandIn]:
     """Run ``standin`` on 127.0.0.1 (a free port unless given) for the with-block."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _handler(standin))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    standin.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(_handler(standin), port=port) as standin.url:
         yield standin
-    finally:
-        server.shutdown()
-        server.server_close()

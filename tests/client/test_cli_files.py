@@ -19,9 +19,9 @@ from similarity_client.output import OutputError, ResultWriter, read_records
 from similarity_client.pairs import PairsError, read_pairs
 from similarity_client.report import build_report
 
+from testing.procs import free_port
 from tests.client.standin import StandIn, fake_distance, serve
 from tests.client.test_client_unit import png
-from tests.procs import free_port
 
 
 def write_images(folder: Path, names: list[str]) -> None:

@@ -24,9 +24,11 @@ from similarity_client import Pair, RetryPolicy, SimilarityClient
 from similarity_client.cli import main
 from similarity_client.output import read_records
 
-from bench.client_throughput import make_images, measure
-from tests.conftest import STRICT_ENV, ImageHost, Photo, encode, start_transformer
-from tests.procs import REPO_ROOT, free_port, python_cmd, running, wait_http_ok
+from bench.client_throughput import measure
+from testing.http_host import ImageHost
+from testing.images import image_files
+from testing.procs import REPO_ROOT, free_port, predictor_cmd, running, wait_http_ok
+from tests.conftest import STRICT_ENV, Photo, encode, start_transformer
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -38,7 +40,7 @@ def b64(path: Path) -> str:
 
 def test_scores_equal_the_services_own_answer(service_url: str, image_host: ImageHost,
                                              tmp_path: Path) -> None:
-    images = make_images(tmp_path, 8, seed=1)
+    images = image_files(tmp_path, 8, seed=1)
     url = image_host.add("client-equal.png", images[0].read_bytes())
     pairs = [Pair(images[i], images[(3 * i + 1) % 8], f"eq{i}") for i in range(8)]
     pairs.append(Pair(images[2], url, "eq-url"))  # passed through; the service fetches it
@@ -68,7 +70,7 @@ def test_learns_the_pair_limit_from_the_real_413(strict_url: str, tmp_path: Path
     """The service's own 413 (MAX_PAIRS_PER_REQUEST=4 in the strict configuration) sets the
     client's chunk size: the structured ``limit`` field, not a copy of its message."""
     limit = int(STRICT_ENV["MAX_PAIRS_PER_REQUEST"])
-    images = make_images(tmp_path, 4, seed=5, size=48)  # under the strict 50 kB
+    images = image_files(tmp_path, 4, seed=5, size=48)  # under the strict 50 kB
     pairs = [Pair(images[i % 4], images[(i + 1) % 4], f"lim{i}") for i in range(limit + 3)]
     client = SimilarityClient(strict_url, chunk_size=limit + 3, concurrency=1)
     results = list(client.score(pairs))
@@ -81,9 +83,9 @@ def test_overload_and_a_predictor_restart_end_with_every_pair_scored_once(
         dino_weights_dir: Path, tmp_path: Path) -> None:
     grpc_port, http_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu", "MODEL_TYPE": "dino_vitb16"}
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    cmd = predictor_cmd(http_port, grpc_port)
     ready = f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready"
-    images = make_images(tmp_path, 20, seed=2)
+    images = image_files(tmp_path, 20, seed=2)
     pairs = [Pair(images[2 * i], images[2 * i + 1], i) for i in range(10)]
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(running(cmd, env=env, log_path=tmp_path / "pred1.log"))
@@ -137,7 +139,7 @@ def _stop_after(proc: subprocess.Popen[bytes], out: Path, lines: int, sig: int) 
 
 def test_cli_killed_and_interrupted_then_resumed_scores_each_pair_once(
         service_url: str, tmp_path: Path) -> None:
-    images = make_images(tmp_path, 10, seed=3)
+    images = image_files(tmp_path, 10, seed=3)
     pairs_file = tmp_path / "pairs.csv"
     with pairs_file.open("w", newline="") as f:
         w = csv.writer(f)

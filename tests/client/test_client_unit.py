@@ -26,8 +26,8 @@ from similarity_client.client import PairLike
 from similarity_client.models import PairResult
 from similarity_client.retry import parse_retry_after
 
+from testing.procs import free_port
 from tests.client.standin import BAD_IMAGE, Answer, StandIn, fake_distance, serve
-from tests.procs import free_port
 
 FAST = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
 

@@ -24,10 +24,10 @@ from similarity_client import metrics as M
 from similarity_client.cli import main
 from similarity_client.store import EmbeddingStore
 
-from bench.client_throughput import make_images
+from testing.images import image_files
+from testing.procs import REPO_ROOT
 from tests.client.test_client_service import ARTIFACTS, CHECK_SCRIPT, chromium, render
 from tests.conftest import Photo, encode
-from tests.procs import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ def test_nearest_equals_similarity_and_embeds_nothing_twice(service_url: str,
                                                            tmp_path: Path) -> None:
     for side in ("ref", "gen"):
         (tmp_path / side).mkdir()
-    refs = make_images(tmp_path / "ref", 10, seed=21)
-    gens = make_images(tmp_path / "gen", 5, seed=22)
+    refs = image_files(tmp_path / "ref", 10, seed=21)
+    gens = image_files(tmp_path / "gen", 5, seed=22)
     copy = tmp_path / "gen" / "copy.png"
     shutil.copyfile(refs[3], copy)  # a memorised image: same bytes as a reference
     out, store = tmp_path / "nearest.jsonl", tmp_path / "store"
@@ -107,7 +107,7 @@ def test_nearest_equals_similarity_and_embeds_nothing_twice(service_url: str,
     assert sent_since(service_url, before) == (0, 0)
     assert records(out) == got
 
-    make_images(tmp_path / "ref", 1, seed=23)  # one new reference
+    image_files(tmp_path / "ref", 1, seed=23)  # one new reference
     before = embed_counts(service_url)
     assert main(argv) == 0
     assert sent_since(service_url, before) == (1, 1)
@@ -134,8 +134,8 @@ def test_nearest_killed_and_interrupted_then_resumed_embeds_each_image_once(
         service_url: str, tmp_path: Path) -> None:
     for side in ("ref", "gen"):
         (tmp_path / side).mkdir()
-    make_images(tmp_path / "ref", 30, seed=31)
-    make_images(tmp_path / "gen", 10, seed=32)
+    image_files(tmp_path / "ref", 30, seed=31)
+    image_files(tmp_path / "gen", 10, seed=32)
     out, store = tmp_path / "nearest.jsonl", tmp_path / "store"
     argv = ["nearest", str(tmp_path / "gen"), str(tmp_path / "ref"), "--out", str(out),
             "--url", service_url, "--store", str(store), "--chunk-size", "1",
@@ -193,8 +193,8 @@ def test_compare_equals_the_metrics_of_embed_vectors_and_renders(
     browser = chromium()
     for side in ("a", "b"):
         (tmp_path / side).mkdir()
-    a_paths = make_images(tmp_path / "a", 12, seed=41)
-    b_paths = make_images(tmp_path / "b", 14, seed=42)
+    a_paths = image_files(tmp_path / "a", 12, seed=41)
+    b_paths = image_files(tmp_path / "b", 14, seed=42)
     out, report = tmp_path / "metrics.json", tmp_path / "compare.html"
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
                  "--url", service_url, "--store", str(tmp_path / "store"), "--k", "3",

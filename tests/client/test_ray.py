@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench.client_throughput import make_images
-from tests.procs import REPO_ROOT
+from testing.images import image_files
+from testing.procs import REPO_ROOT
 
 N_PAIRS = 2000
 N_IMAGES = 40  # small and few: after the first of each, the service's cache answers
@@ -52,7 +52,7 @@ def ray_cluster() -> Iterator[Any]:
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """2,000 pairs (one with a truncated image) as the CLI's CSV and as Parquet."""
     folder = tmp_path_factory.mktemp("ray-pairs")
-    images = make_images(folder, N_IMAGES, size=32, seed=7)
+    images = image_files(folder, N_IMAGES, size=32, seed=7)
     broken = folder / "broken.png"
     broken.write_bytes(images[0].read_bytes()[:50])
     rows = []
@@ -172,7 +172,7 @@ def test_images_embed_as_embed_does(ray_cluster: Any, service_url: str,
                                     tmp_path: Path) -> None:
     from similarity_client import ray as sc_ray
 
-    images = make_images(tmp_path, 6, size=32, seed=8)
+    images = image_files(tmp_path, 6, size=32, seed=8)
     rows = [{"id": i, "image": str(p)} for i, p in enumerate(images)]
     rows.append({"id": 99, "image": str(tmp_path / "missing.png")})
     ds = ray_cluster.data.from_items(rows)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT
 
 BUILD_ENV = {**os.environ, "DOCKER_BUILDKIT": "0"}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT
 
 CHART = REPO_ROOT / "charts" / "image-similarity-service"
 MANIFESTS = REPO_ROOT / "manifests" / "base"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from testing.procs import REPO_ROOT
 from tests.deploy.render import NAMESPACE, TOOLS_BIN, VALUE_SETS, manifest_files, render
-from tests.procs import REPO_ROOT
 
 ACCEPTED: dict[str, dict[str, Any]] = yaml.safe_load(
     Path(__file__).with_name("checkov_accepted.yaml").read_text())

@@ -10,7 +10,7 @@ own cluster with
 
 The context must be named explicitly (never the current one: the tests install and delete
 releases). The fixture creates a namespace, copies the random test checkpoint
-(tests/checkpoints.py) into a PVC, installs the chart and waits until the InferenceService
+(testing/checkpoints.py) into a PVC, installs the chart and waits until the InferenceService
 is Ready; the traffic goes through the transformer's Service (its ClusterIP where this
 machine routes to it, as on the lab, else `kubectl port-forward`) and, where
 CLUSTER_TEST_ROUTE_URL names an ingress address, through the chart's Ingress. Without a
@@ -957,7 +957,7 @@ def test_upgrade_model_type_through_a_release_host(service: Service, weights: Pa
     also for a pair it had cached under the old one; back to dino_vitb16 without a fetch."""
     if not CONTEXT.startswith("clusterlab"):
         pytest.skip("the release host serves a hostPath folder: only on the cluster lab")
-    from tests.checkpoints import cached_upstream_cache
+    from testing.checkpoints import cached_upstream_cache
     from tests.deploy.mirror import release_mirror
 
     clip = cached_upstream_cache(SECOND_VARIANT, seed=11)
@@ -1041,7 +1041,7 @@ def test_upgrade_model_type_through_a_release_host(service: Service, weights: Pa
 def _upstream_of(cache: Path, variant: str, sides: list[tuple[bytes, bytes]]) -> np.ndarray:
     import torch
 
-    from tests.checkpoints import cached_upstream_dreamsim
+    from testing.checkpoints import cached_upstream_dreamsim
 
     model, preprocess = cached_upstream_dreamsim(cache, variant)
     with torch.no_grad():

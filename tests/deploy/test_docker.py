@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testing.procs import REPO_ROOT
 from tests.deploy.render import container, manifest_objects
-from tests.procs import REPO_ROOT
 
 DOCKERFILES = ["Dockerfile.predictor", "Dockerfile.transformer"]
 

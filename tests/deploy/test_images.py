@@ -39,12 +39,12 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.checkpoints import upstream_dreamsim
+from testing.checkpoints import upstream_dreamsim
+from testing.images import distinct_images
+from testing.procs import REPO_ROOT, free_port
 from tests.deploy import docker_cli as dk
 from tests.deploy.mirror import release_mirror
 from tests.deploy.render import CHART, arg_value, container, env_of, one, render
-from tests.procs import REPO_ROOT, free_port
-from tests.test_e2e import distinct_images
 
 # The first test waits for both builds: a cold predictor build alone takes over 20 minutes
 # here, past the suite's default 900 s timeout.

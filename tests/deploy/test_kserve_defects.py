@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from predictor.layout import VARIANTS as LAYOUT_VARIANTS
+from testing.procs import REPO_ROOT
 from tests.deploy.render import (
     CHART,
     MANIFESTS,
@@ -43,7 +44,6 @@ from tests.deploy.render import (
     one,
     render,
 )
-from tests.procs import REPO_ROOT
 
 VARIANTS = sorted(LAYOUT_VARIANTS)  # the one table of the eight names (predictor/layout.py)
 PUBLIC = {("POST", "/similarity"), ("POST", "/embed"), ("GET", "/health"),

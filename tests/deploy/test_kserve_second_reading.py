@@ -23,14 +23,12 @@ KServe's ``pkg/``):
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +37,9 @@ from typing import Any
 import pytest
 import yaml
 
+from testing.http_host import Handler as QuietHandler
+from testing.http_host import serving
+from testing.procs import REPO_ROOT
 from tests.deploy.render import (
     CHART,
     VALUE_SETS,
@@ -50,7 +51,6 @@ from tests.deploy.render import (
     one,
     render,
 )
-from tests.procs import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs" / "deploy.md"
 KIND = REPO_ROOT / "scripts" / "kind_test.sh"
@@ -233,7 +233,7 @@ def test_wait_script_gives_up_at_its_deadline(tmp_path: Path) -> None:
     assert took < 20 and not [c for c in calls if "condition=" in c]
 
 
-class _LoadingTransformer(http.server.BaseHTTPRequestHandler):
+class _LoadingTransformer(QuietHandler):
     """Stand-in for a transformer whose predictor is still loading (a real one would need a
     predictor that becomes ready on cue): /health answers 503 twice, then healthy;
     /similarity answers one pair of identical images."""
@@ -243,39 +243,22 @@ class _LoadingTransformer(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         type(self).health_calls += 1
         if type(self).health_calls <= 2:
-            self._send(503, {"status": "unhealthy", "model_loaded": False})
+            self.reply_json(503, {"status": "unhealthy", "model_loaded": False})
         else:
-            self._send(200, {"status": "healthy", "model_loaded": True})
+            self.reply_json(200, {"status": "healthy", "model_loaded": True})
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         (pair,) = body["pairs"]
-        self._send(200, {"scores": [{"pair_id": pair["pair_id"], "distance": 0.0,
-                                     "similarity": 1.0}]})
-
-    def _send(self, status: int, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply_json(200, {"scores": [{"pair_id": pair["pair_id"], "distance": 0.0,
+                                         "similarity": 1.0}]})
 
 
 @pytest.fixture
 def loading_transformer() -> Iterator[str]:
     _LoadingTransformer.health_calls = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoadingTransformer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_LoadingTransformer) as url:
+        yield url
 
 
 def test_helm_test_pod_retries_health(loading_transformer: str) -> None:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testing.procs import free_port, running, wait_http_ok
 from tests.deploy.render import arg_value, container, env_of, one, render
-from tests.procs import free_port, running, wait_http_ok
 
 
 def _set_arg(args: list[str], flag: str, value: str) -> list[str]:

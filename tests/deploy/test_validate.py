@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from testing.procs import REPO_ROOT
 from tests.deploy.render import (
     MANIFESTS,
     VALUE_SETS,
@@ -30,7 +31,6 @@ from tests.deploy.render import (
     manifest_objects,
     render,
 )
-from tests.procs import REPO_ROOT
 
 KUBERNETES_VERSION = os.environ.get("KUBERNETES_VERSION", "1.32.0")
 CRD_PATH = Path(os.environ.get(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.fuzz.hostile_images import HOSTILE, jpeg_many_scans
+from testing.hostile_images import HOSTILE, jpeg_many_scans
 from transformer.imageguard import (
     ALLOWED_FORMATS,
     MAX_JPEG_SCANS,

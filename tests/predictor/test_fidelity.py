@@ -1,7 +1,7 @@
 """The predictor's distances equal the upstream ``dreamsim`` package's (fp32, CPU), and
 the transformer's two answers agree with each other on them, for every variant.
 
-Both run on the same random-weight cache in the upstream layout (tests/checkpoints.py,
+Both run on the same random-weight cache in the upstream layout (testing/checkpoints.py,
 built once per machine), on real photographs and distorted versions of them. The upstream
 oracle is built once per checkpoint (``cached_upstream_dreamsim``).
 """
@@ -20,7 +20,7 @@ import torch
 from predictor.checkpoint import WeightsError
 from predictor.layout import VARIANTS, get_variant
 from predictor.model import load_model
-from tests.checkpoints import (
+from testing.checkpoints import (
     LORA_CONFIGS,
     UPSTREAM_CALL,
     adapter_as_bin,

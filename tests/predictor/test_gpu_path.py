@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from predictor.runner import (
     split_parts,
 )
 from predictor.vit import ViT, merge_heads
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT, predictor_cmd
 
 # --- device resolution -----------------------------------------------------------------
 
@@ -104,7 +103,7 @@ def test_a_gpu_image_without_a_gpu_exits_with_the_driver_line(tmp_path: Path) ->
     dockerfile = (REPO_ROOT / "Dockerfile.predictor").read_text()
     assert "DEVICE_FALLBACK=false" in dockerfile
     proc = subprocess.run(
-        [sys.executable, "-m", "predictor", "--http_port", "0", "--grpc_port", "0"],
+        predictor_cmd(0, 0),
         cwd=REPO_ROOT, env={"MODEL_CACHE_DIR": str(tmp_path), "DEVICE": "cuda",
                             "DEVICE_FALLBACK": "false", "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=120)

@@ -6,10 +6,8 @@ import asyncio
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,9 +16,16 @@ import numpy as np
 import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
-from tests.conftest import Predictor
-from tests.procs import REPO_ROOT, free_port, python_cmd, running, wait_http_ok
-from tests.tcp_balancer import TcpBalancer
+from testing.procs import (
+    REPO_ROOT,
+    Predictor,
+    free_port,
+    predictor_cmd,
+    run_predictor,
+    running,
+    wait_http_ok,
+)
+from testing.tcp_balancer import TcpBalancer
 from transformer.predictor_client import PredictorClient
 
 pytestmark = pytest.mark.slow
@@ -84,7 +89,7 @@ def test_metadata_and_readiness(predictor_server: Predictor) -> None:
 
 def test_missing_weights_stop_the_predictor_with_a_clear_message(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "predictor", "--http_port", "0", "--grpc_port", "0"],
+        predictor_cmd(0, 0),
         cwd=REPO_ROOT, env={"MODEL_CACHE_DIR": str(tmp_path), "DEVICE": "cpu",
                             "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=120)
@@ -95,7 +100,7 @@ def test_missing_weights_stop_the_predictor_with_a_clear_message(tmp_path: Path)
 
 
 def test_bad_configuration_stops_the_predictor(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "predictor"], cwd=REPO_ROOT,
+    proc = subprocess.run(predictor_cmd(0, 0), cwd=REPO_ROOT,
                           env={"PRECISION": "fp8", "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -114,16 +119,12 @@ def test_concurrent_requests_share_forward_passes_when_asked(
         combine: str, dino_weights_dir: Path, tmp_path: Path) -> None:
     """4 concurrent single-image requests: one forward pass of 4 with
     BATCH_ACROSS_REQUESTS=true, 4 passes with auto on CPU; the same answers either way."""
-    http_port, grpc_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu",
            "BATCH_ACROSS_REQUESTS": combine, "BATCH_MAX_WAIT_MS": "1000"}
     log = tmp_path / "predictor.log"
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
     images = _images(4, seed=5)
-    with running(cmd, env=env, log_path=log) as proc:
-        http = f"http://127.0.0.1:{http_port}"
-        wait_http_ok(f"{http}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
-        host = f"127.0.0.1:{grpc_port}"
+    with run_predictor(env, log) as predictor:
+        http, host = predictor.http, predictor.grpc
         alone = np.concatenate([asyncio.run(_grpc_infer(host, images[i:i + 1]))
                                 for i in range(4)])
         before = _batch_totals(http)
@@ -140,31 +141,19 @@ def test_concurrent_requests_share_forward_passes_when_asked(
     assert f"batching across requests {'on' if combine == 'true' else 'off'}" in log.read_text()
 
 
-@dataclass(frozen=True)
-class Tuned:
-    grpc: str
-    http: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def tuned_predictor(dino_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[Tuned]:
+                    ) -> Iterator[Predictor]:
     """A predictor that ends gRPC connections after 1 s (calls in flight may take 120 s
     more: one image takes seconds on a busy 2-core machine), logging JSON at DEBUG."""
-    http_port, grpc_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu",
            "GRPC_MAX_CONNECTION_AGE": "1", "GRPC_MAX_CONNECTION_AGE_GRACE": "120",
            "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}
-    log = tmp_path_factory.mktemp("tuned") / "predictor.log"
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
-    with running(cmd, env=env, log_path=log) as proc:
-        http = f"http://127.0.0.1:{http_port}"
-        wait_http_ok(f"{http}/v2/models/dreamsim/ready", timeout_s=120, proc=proc, log_path=log)
-        yield Tuned(grpc=f"127.0.0.1:{grpc_port}", http=http, log=log)
+    with run_predictor(env, tmp_path_factory.mktemp("tuned") / "predictor.log") as predictor:
+        yield predictor
 
 
-def test_connections_end_after_the_maximum_age(tuned_predictor: Tuned) -> None:
+def test_connections_end_after_the_maximum_age(tuned_predictor: Predictor) -> None:
     """GRPC_MAX_CONNECTION_AGE: the client is sent away and reconnects (through a balancer
     that would deal it to another replica), and no call fails on the way."""
     balancer = TcpBalancer([tuned_predictor.grpc])
@@ -199,7 +188,7 @@ def test_no_line_per_call_at_info(predictor_server: Predictor) -> None:
         assert chatter not in text, (chatter, [x for x in text.splitlines() if chatter in x])
 
 
-def test_json_log_with_a_debug_line_per_call(tuned_predictor: Tuned) -> None:
+def test_json_log_with_a_debug_line_per_call(tuned_predictor: Predictor) -> None:
     async def call() -> None:
         client = PredictorClient(tuned_predictor.grpc, model_name="dreamsim", timeout_s=60)
         await client.embed(np.zeros((0, 3, 224, 224), np.uint8), request_id="trace-me-1")
@@ -217,22 +206,17 @@ def test_a_patch_variant_is_served_and_reported(tmp_path: Path) -> None:
     """MODEL_TYPE=dinov2_vitb14_patch end to end: the predictor serves 1536-d unit
     embeddings (its metadata says so) and the transformer's /health names the variant.
     The other variants differ only in what tests/predictor/test_fidelity.py checks."""
-    from tests.checkpoints import cached_upstream_cache
+    from testing.checkpoints import cached_upstream_cache
     from tests.conftest import start_transformer
     from tests.predictor.test_fidelity import VARIANT_SEED
 
     variant = "dinov2_vitb14_patch"
     cache = cached_upstream_cache(variant, seed=VARIANT_SEED)  # test_fidelity's checkpoint
-    http_port, grpc_port = free_port(), free_port()
     env = {"MODEL_CACHE_DIR": str(cache), "DEVICE": "cpu", "MODEL_TYPE": variant}
-    log = tmp_path / "predictor.log"
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
-    with running(cmd, env=env, log_path=log) as proc:
-        http = f"http://127.0.0.1:{http_port}"
-        wait_http_ok(f"{http}/v2/models/dreamsim/ready", timeout_s=300, proc=proc, log_path=log)
-        meta = httpx.get(f"{http}/v2/models/dreamsim", timeout=10).json()
+    with run_predictor(env, tmp_path / "predictor.log", timeout_s=300) as predictor:
+        meta = httpx.get(f"{predictor.http}/v2/models/dreamsim", timeout=10).json()
         assert meta["outputs"][0]["shape"] == [-1, 1536]
-        host = f"127.0.0.1:{grpc_port}"
+        host = predictor.grpc
         out = asyncio.run(_grpc_infer(host, _images(2)))
         assert out.shape == (2, 1536)
         assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
@@ -250,8 +234,7 @@ def test_a_second_predictor_on_a_grpc_port_in_use_stops_at_start(
            "MODEL_TYPE": "dino_vitb16"}
     log = tmp_path / "second.log"
     http_port = free_port()
-    with running(python_cmd("predictor", "--http_port", str(http_port),
-                            "--grpc_port", grpc_port), env=env, log_path=log) as second:
+    with running(predictor_cmd(http_port, grpc_port), env=env, log_path=log) as second:
         # It exits, or it gets as far as serving (the old behaviour): then the test fails.
         with pytest.raises(RuntimeError, match="process exited with 2"):
             wait_http_ok(f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready",

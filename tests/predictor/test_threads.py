@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from predictor.threads import plan_threads
-from tests.procs import REPO_ROOT
+from testing.procs import REPO_ROOT
 
 CPUS = len(os.sched_getaffinity(0))
 

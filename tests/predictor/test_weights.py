@@ -1,9 +1,10 @@
 """Tests for ``predictor.weights`` (all its modules) against a real HTTP server on loopback.
 
-The server (stdlib ``ThreadingHTTPServer``, with ``Range`` support) serves archives built
-here in the upstream release format (``dreamsim.model.download_weights`` unzips them into
-the cache dir) and a DINO backbone with the real 150 key names and shapes. Its tensors are
-views of one shared storage, which ``torch.save`` writes once, so the file is ~9 MB
+The server (``testing.http_host``'s stdlib ``ThreadingHTTPServer``, with ``Range`` support)
+serves archives built here in the upstream release format
+(``dreamsim.model.download_weights`` unzips them into the cache dir) and a DINO backbone
+with the real 150 key names and shapes. Its tensors are views of one shared storage, which
+``torch.save`` writes once, so the file is ~9 MB
 instead of 344 MB; verification only reads keys and shapes.
 """
 
@@ -13,11 +14,9 @@ import io
 import json
 import shlex
 import socket
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,8 @@ from safetensors.torch import save as save_safetensors
 from predictor.layout import DINO_BACKBONE_FILE, DINO_HUB_FILE, DINOV2_HUB_FILE, VARIANTS
 from predictor.weights import ensure_weights, fetch_command, main, sources
 from predictor.weights.download import Progress
+from testing.http_host import Handler as QuietHandler
+from testing.http_host import serving
 
 BACKBONE_PATH = "/dino/dino_vitbase16_pretrain.pth"
 DINOV2_PATH = "/dinov2/dinov2_vitb14_pretrain.pth"
@@ -162,8 +163,8 @@ class Server:
         return [r for p, r, _ in self.requests if p == path]
 
 
-def handler_for(server: Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def handler_for(server: Server) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             data = server.files.get(self.path)
             range_header = self.headers.get("Range")
@@ -197,9 +198,6 @@ def handler_for(server: Server) -> type[BaseHTTPRequestHandler]:
                 pass
             self.close_connection = True
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
     return Handler
 
 
@@ -214,13 +212,8 @@ def payloads() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[Server]:
     state = Server(base_url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(handler_for(state)) as state.base_url:
+        yield state
 
 
 @pytest.fixture

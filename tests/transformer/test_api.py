@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import STRICT_ENV, ImageHost, start_transformer
-from tests.procs import free_port
-from tests.test_e2e import b64, check_response, distinct_images
+from testing.http_host import ImageHost
+from testing.images import b64, check_response, distinct_images
+from testing.procs import free_port
+from tests.conftest import STRICT_ENV, start_transformer
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Predictor, start_transformer
-from tests.test_e2e import check_response, distinct_images
+from testing.images import check_response, distinct_images
+from testing.procs import Predictor
+from tests.conftest import start_transformer
 from transformer.cache import EmbeddingCache, cache_key, partition_of
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import IMAGE_HOST_NETWORK, ImageHost
-from tests.fuzz.hostile_images import gif_huge_canvas, png16_rgba
+from testing.hostile_images import gif_huge_canvas, png16_rgba
+from testing.http_host import IMAGE_HOST_NETWORK, ImageHost
 from transformer import inputs
 from transformer.decodebudget import OVERHEAD, MemoryBudget, OverBudget, decode_bytes, reserved
 from transformer.errors import ImageErrors

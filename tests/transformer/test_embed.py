@@ -2,7 +2,7 @@
 the limits, errors, cache and admission it shares with ``/similarity``.
 
 Real transformer and predictor processes on loopback (random-weight checkpoints in the
-upstream layout, ``tests/checkpoints.py``); the pure helpers are tested without a server.
+upstream layout, ``testing/checkpoints.py``); the pure helpers are tested without a server.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from predictor.layout import VARIANTS
-from tests.conftest import ImageHost
-from tests.test_e2e import b64, distinct_images
+from testing.http_host import ImageHost
+from testing.images import b64, distinct_images
 from transformer import embeddings as embeddings_module
 from transformer import requests as kinds
 from transformer.embeddings import (

@@ -8,15 +8,13 @@ requests, and the real model on this machine's CPU would add its own queue (one 
 time) to both requests' times. Before, every fetch of the pod waited on one FIFO
 semaphore and every decode went into one FIFO thread pool: the small request waited for
 the slow fetches to end (here ``DRIP_S``), or for all of the costly images to decode.
-Figures under load: ``python -m bench.fairness``.
+Figures under load: ``python -m bench.studies.fairness``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import http.server
 import io
-import threading
 import time
 from collections.abc import Iterator
 
@@ -25,9 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testing.fake_predictor import fake_predictor
+from testing.http_host import image_host
+from testing.images import b64, distinct_images
 from tests.conftest import start_transformer
-from tests.test_e2e import b64, distinct_images
-from tests.transformer.fake_predictor import fake_predictor
 
 pytestmark = pytest.mark.slow
 
@@ -38,40 +37,12 @@ ENV = {"DECODE_WORKERS": "1", "URL_FETCH_CONCURRENCY": "4", "URL_FETCH_PER_REQUE
 SMALL = distinct_images(1, size=64)[0]
 
 
-class _Host(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.startswith("/slow/"):  # a valid PNG's first byte, then a trickle
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.end_headers()
-            ends = time.monotonic() + DRIP_S
-            try:
-                while time.monotonic() < ends:
-                    self.wfile.write(b"\x89")
-                    self.wfile.flush()
-                    time.sleep(0.5)
-            except OSError:
-                pass
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(SMALL)))
-        self.end_headers()
-        self.wfile.write(SMALL)
-
-
 @pytest.fixture(scope="module")
 def host() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _Host)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.2:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """``/slow/...``: a valid PNG's first byte, then a trickle for ``DRIP_S``; any other
+    path: a small PNG at once."""
+    with image_host(default=SMALL, drip_every_s=0.5, drip_s=DRIP_S) as served:
+        yield served.base
 
 
 @pytest.fixture(scope="module")

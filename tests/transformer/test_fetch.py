@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 import httpx
 import pytest
 
+from testing.http_host import Handler as QuietHandler
+from testing.http_host import serving
 from transformer.fetch import (
     MAX_REDIRECTS,
     USER_AGENT,
@@ -43,13 +42,10 @@ BOMB_PLAIN_BYTES = 10_000_000
 GZIP_BOMB = gzip.compress(gzip.compress(bytes(BOMB_PLAIN_BYTES), 9), 9)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     seen_user_agents: list[str] = []
     seen_headers: list[dict[str, str]] = []
-
-    def log_message(self, format: str, *args: object) -> None:  # keep the test output quiet
-        pass
 
     def _headers(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -118,23 +114,10 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(0.2)
 
 
-class QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients that hang up: fine
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    server = QuietServer((HOST, 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{HOST}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler, host=HOST) as url:
+        yield url
 
 
 def closed_port_url() -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.procs import free_port, python_cmd, running, wait_http_ok
+from testing.procs import free_port, run_transformer
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
     log = tmp_path_factory.mktemp("logs") / "guarded-transformer.log"
-    cmd = python_cmd("transformer", "--predictor_host", f"127.0.0.1:{free_port()}",
-                     "--http_port", str(port))
-    with running(cmd, env=ENV, log_path=log) as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{url}/v2/health/live", timeout_s=60, proc=proc, log_path=log)
-        yield Server(url, port, proc.pid)
+    with run_transformer(f"127.0.0.1:{free_port()}", ENV, log, wait_path="/v2/health/live",
+                         timeout_s=60) as t:  # no predictor: the guard answers before it
+        yield Server(t.url, int(t.url.rsplit(":", 1)[1]), t.pid)
 
 
 def read_all(sock: socket.socket, timeout: float) -> tuple[bytes, float]:

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ImageHost, Predictor, start_transformer
-from tests.test_e2e import b64, check_response, distinct_images
+from testing.http_host import ImageHost
+from testing.images import b64, check_response, distinct_images
+from testing.procs import Predictor
+from tests.conftest import start_transformer
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.conftest import ImageHost
-from tests.test_e2e import b64, distinct_images
+from testing.http_host import ImageHost
+from testing.images import b64, distinct_images
 from transformer import openai_api
 from transformer.embeddings import decode_embedding
 from transformer.errors import ImageErrors, ServiceError

@@ -11,8 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Predictor, start_transformer
-from tests.test_e2e import check_response, distinct_images
+from testing.images import check_response, distinct_images
+from testing.procs import Predictor
+from tests.conftest import start_transformer
 from transformer.pipeline import ChunkSender
 
 

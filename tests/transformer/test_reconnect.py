@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testing.images import b64, distinct_images
+from testing.procs import free_port, predictor_cmd, running
 from tests.conftest import start_transformer
-from tests.procs import free_port, python_cmd, running
-from tests.test_e2e import b64, distinct_images
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def codes_of_requests(url: str) -> list[int]:
 def test_no_503_once_health_is_200_after_a_late_start_and_a_restart(
         dino_weights_dir: Path, tmp_path: Path) -> None:
     http_port, grpc_port = free_port(), free_port()
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    cmd = predictor_cmd(http_port, grpc_port)
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu"}
     # No embedding cache: every request needs the predictor.
     with start_transformer(f"127.0.0.1:{grpc_port}", tmp_path / "t.log", wait_healthy=False,

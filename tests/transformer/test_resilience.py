@@ -11,10 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Predictor, start_transformer
-from tests.procs import free_port, python_cmd, running, wait_http_ok
-from tests.test_e2e import b64, check_response, distinct_images
-from tests.transformer.fake_predictor import fake_predictor
+from testing.fake_predictor import fake_predictor
+from testing.images import b64, check_response, distinct_images
+from testing.procs import (
+    Predictor,
+    free_port,
+    predictor_cmd,
+    running,
+    transformer_cmd,
+    wait_http_ok,
+)
+from tests.conftest import start_transformer
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +115,7 @@ def test_malformed_predictor_answer_is_502(tmp_path: Path, behaviour: str) -> No
 def test_predictor_restart_mid_request_and_recovery(dino_weights_dir: Path,
                                                     tmp_path: Path) -> None:
     http_port, grpc_port = free_port(), free_port()
-    cmd = python_cmd("predictor", "--http_port", str(http_port), "--grpc_port", str(grpc_port))
+    cmd = predictor_cmd(http_port, grpc_port)
     env = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu"}
     ready = f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready"
     with running(cmd, env=env, log_path=tmp_path / "p1.log") as predictor:
@@ -187,7 +194,7 @@ def test_queue_timeout_is_503(tmp_path: Path) -> None:
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     with fake_predictor(delay_s=3) as host:
         port = free_port()
-        cmd = python_cmd("transformer", "--predictor_host", host, "--http_port", str(port))
+        cmd = transformer_cmd(host, port, protocol=None)  # the transformer's default
         log = tmp_path / "t.log"
         with running(cmd, log_path=log) as proc:
             url = f"http://127.0.0.1:{port}"

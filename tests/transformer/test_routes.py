@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from testing.fake_predictor import fake_predictor
+from testing.images import b64, distinct_images
 from tests.conftest import start_transformer
-from tests.test_e2e import b64, distinct_images
-from tests.transformer.fake_predictor import fake_predictor
 
 pytestmark = pytest.mark.slow
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testing.fake_predictor import fake_predictor
+from testing.images import b64, distinct_images
+from testing.tcp_balancer import TcpBalancer
 from tests.conftest import start_transformer
-from tests.tcp_balancer import TcpBalancer
-from tests.test_e2e import b64, distinct_images
-from tests.transformer.fake_predictor import fake_predictor
 from transformer.channels import ChannelPool
 
 IMAGES = [b64(i) for i in distinct_images(4, size=64)]

@@ -15,13 +15,11 @@ import datetime
 import ipaddress
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -30,6 +28,8 @@ import httpcore
 import pytest
 from pydantic import ValidationError
 
+from testing.http_host import Handler as QuietHandler
+from testing.http_host import serving
 from transformer.errors import ImageErrors
 from transformer.fetch import FetchError, fetch_image_bytes, make_client
 from transformer.inputs import URL_FETCH_DISABLED, ImageLoader
@@ -64,20 +64,12 @@ class Server:
     hosts: list[str] = field(default_factory=list)  # Host header of every request
 
 
-def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(server: Server) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: object) -> None:  # quiet
-            pass
-
         def _send(self, status: int, body: bytes = b"", location: str | None = None) -> None:
-            self.send_response(status)
-            if location is not None:
-                self.send_header("Location", location)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(status, body, {"Location": location} if location is not None else {})
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             server.hosts.append(self.headers.get("Host", ""))
@@ -95,31 +87,15 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # hang-ups, refused TLS handshakes
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[Server, Server]]:
     """(image host on 127.0.0.2, trap on 127.0.0.1)."""
-    started = []
-    for address in (HOST, "127.0.0.1"):
-        httpd = QuietServer((address, 0), BaseHTTPRequestHandler)
-        port = httpd.server_address[1]
-        info = Server(base=f"http://{address}:{port}", port=port)
-        httpd.RequestHandlerClass = _handler(info)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        started.append((httpd, info))
-    try:
-        yield started[0][1], started[1][1]
-    finally:
-        for httpd, _ in started:
-            httpd.shutdown()
-            httpd.server_close()
+    image_host, trap = Server(base="", port=0), Server(base="", port=0)
+    with serving(_handler(image_host), host=HOST) as image_base, \
+            serving(_handler(trap), host="127.0.0.1") as trap_base:
+        for info, base in ((image_host, image_base), (trap, trap_base)):
+            info.base, info.port = base, int(base.rsplit(":", 1)[1])
+        yield image_host, trap
 
 
 @pytest.fixture
@@ -499,10 +475,6 @@ def test_tls_uses_the_url_name_while_connecting_to_the_checked_address(
     sni: list[str | None] = []
     server_ctx.sni_callback = lambda _sock, name, _ctx: sni.append(name)  # type: ignore[assignment]
     info = Server(base="", port=0)
-    httpd = QuietServer((HOST, 0), _handler(info))
-    httpd.socket = server_ctx.wrap_socket(httpd.socket, server_side=True)
-    port = httpd.server_address[1]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     lookups = fake_dns({"img.test": [HOST], "other.test": [HOST]})
 
     async def get(url: str) -> httpcore.Response:
@@ -511,7 +483,8 @@ def test_tls_uses_the_url_name_while_connecting_to_the_checked_address(
                 network_backend=GuardedBackend(AddressPolicy(allowed=ALLOWED))) as pool:
             return await pool.request("GET", url)
 
-    try:
+    with serving(_handler(info), host=HOST, tls=server_ctx) as base:
+        port = int(base.rsplit(":", 1)[1])
         response = asyncio.run(get(f"https://img.test:{port}/image.png"))
         assert response.status == 200 and response.content == IMAGE
         assert sni == ["img.test"] and info.hosts == [f"img.test:{port}"]
@@ -519,9 +492,6 @@ def test_tls_uses_the_url_name_while_connecting_to_the_checked_address(
         # Same address, another name: the certificate is checked against the URL's name.
         with pytest.raises(httpcore.ConnectError, match="certificate verify failed"):
             asyncio.run(get(f"https://other.test:{port}/image.png"))
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 # --- settings and the loader ------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.test_e2e import b64, distinct_images
+from testing.images import b64, distinct_images
 from transformer.schemas import EmbedImage, EmbedRequest, ImagePair, SimilarityRequest
 from transformer.unknown_fields import MAX_WARNINGS, unknown_fields
 

@@ -1,4 +1,4 @@
-"""``python -m bench.batching``: what batching across requests does for many small requests.
+"""``python -m bench.studies.batching``: what batching across requests does for many small requests.
 
 The predictor can combine concurrent requests into one forward pass (up to
 BATCH_SIZE_LIMIT images, waiting at most BATCH_MAX_WAIT_MS for company; by default on
@@ -25,10 +25,10 @@ import httpx
 
 from bench.concurrency import measure_concurrent
 from bench.http_client import Deadline, post, request_body
-from bench.images import make_images
 from bench.machine import machine_info
-from bench.service import run_predictor, run_transformer
 from bench.settings import RESULTS_DIR, choose_weights, read_settings, reproduce
+from testing.photos import make_images
+from testing.procs import run_predictor, run_transformer
 
 
 def _batch_totals(predictor_http: str) -> tuple[float, float]:
@@ -40,7 +40,7 @@ def _batch_totals(predictor_http: str) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.batching",
+    p = argparse.ArgumentParser(prog="python -m bench.studies.batching",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=8, help="concurrent clients [8]")
     p.add_argument("--rounds", type=int, default=4, help="requests per client [4]")
@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         services = {}
         for combine in settings:  # both up at once; only one is loaded at a time
             env = {**s.service_env(args.pairs), "BATCH_ACROSS_REQUESTS": combine}
-            grpc, _, predictor_http = stack.enter_context(run_predictor(
-                env, log_dir / f"batching-{combine}-predictor.log"))
-            url, _ = stack.enter_context(run_transformer(
-                grpc, env, log_dir / f"batching-{combine}-transformer.log"))
+            predictor = stack.enter_context(run_predictor(
+                env, log_dir / f"batching-{combine}-predictor.log", timeout_s=300,
+                own_session=True))
+            grpc, predictor_http = predictor.grpc, predictor.http
+            url = stack.enter_context(run_transformer(
+                grpc, env, log_dir / f"batching-{combine}-transformer.log",
+                own_session=True)).url
             with httpx.Client() as http:
                 post(http, url, warm, 1, deadline)
             services[combine] = (url, predictor_http, _batch_totals(predictor_http))
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     faster = sum(a < b for a, b in zip(walls["true"], walls["false"], strict=True))
     print(f"batching across requests: {rate['true'] / rate['false']:.2f}x the pairs/s; "
           f"faster in {faster} of {args.rounds} rounds")
-    print(reproduce("bench.batching", argv))
+    print(reproduce("bench.studies.batching", argv))
     return 0
 
 

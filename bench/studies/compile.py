@@ -1,4 +1,4 @@
-"""``python -m bench.compile``: does torch.compile (and, on CUDA, CUDA graphs) beat eager?
+"""``python -m bench.studies.compile``: does torch.compile (and, on CUDA, CUDA graphs) beat eager?
 
 The predictor runs its model eagerly. This measures, on the device and precision the
 service would use (DEVICE, PRECISION, MODEL_TYPE as for the service; the random-weight
@@ -102,7 +102,7 @@ def measure_copies(device: torch.device, n: int, repeats: int) -> list[dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.compile", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.studies.compile", description=__doc__)
     p.add_argument("--batches", type=int_list, default=int_list("1,16"),
                    help="batch sizes [1,16; on a GPU try 1,8,32,64]")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per batch size [3]")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{s.model_type}, {s.weights} weights in {s.weights_dir}",
           flush=True)
     measure(s, args.batches, args.repeats, [x.strip() for x in args.modes.split(",")])
-    print(reproduce("bench.compile", argv))
+    print(reproduce("bench.studies.compile", argv))
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from tests.procs import free_port, python_cmd, running
+from testing.procs import free_port, python_cmd, running
 
 
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -84,7 +84,7 @@ def fake_predictor(behaviour: str = "ok", delay_s: float = 0.0, *,
     Its output (a line ``infer images=N`` per call) goes to ``log_path`` when given. With
     ``record``, it appends a digest line per image it receives to that file."""
     port = free_port()
-    cmd = python_cmd("tests.transformer.fake_predictor", str(port), behaviour, str(delay_s),
+    cmd = python_cmd("testing.fake_predictor", str(port), behaviour, str(delay_s),
                      str(record or ""))
     with tempfile.TemporaryDirectory() as tmp:
         with running(cmd, log_path=log_path or Path(tmp) / "fake.log") as proc:

@@ -1,4 +1,4 @@
-"""``python -m bench.fairness``: how long another client's small request takes while one
+"""``python -m bench.studies.fairness``: how long another client's small request takes while one
 request of many slow URLs, or of many costly images, is in flight (issue 19, item 5).
 
 Two scenarios on a transformer with its default settings (``DECODE_WORKERS`` = the usable
@@ -10,7 +10,7 @@ CPUs, ``URL_FETCH_CONCURRENCY`` 32):
   about a third of a second each to decode and resize here), then a one-image request.
 
 Printed: the small request's latency (a few runs: median and worst) and the heavy one's.
-The predictor is an instant stand-in (``tests/transformer/fake_predictor.py``, FAKE on
+The predictor is an instant stand-in (``testing/fake_predictor.py``, FAKE on
 purpose: the model's time is not what is measured), over the same gRPC v2 protocol.
 """
 
@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
-import http.server
 import io
 import json
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,9 +32,10 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import machine_info
-from bench.service import run_transformer
 from bench.settings import RESULTS_DIR, reproduce
-from tests.transformer.fake_predictor import fake_predictor
+from testing.fake_predictor import fake_predictor
+from testing.http_host import image_host
+from testing.procs import run_transformer
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -62,37 +61,8 @@ def costly_pngs(n: int, side: int = 4000) -> list[bytes]:
 def slow_host(drip_s: float) -> Iterator[str]:
     """A local HTTP host on 127.0.0.2: ``/slow/...`` trickles a byte every half second for
     ``drip_s``; any other path answers a small PNG at once."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.startswith("/slow/"):
-                self.send_response(200)
-                self.end_headers()
-                ends = time.monotonic() + drip_s
-                try:
-                    while time.monotonic() < ends:
-                        self.wfile.write(b"\x89")
-                        self.wfile.flush()
-                        time.sleep(0.5)
-                except OSError:
-                    pass
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(SMALL)))
-            self.end_headers()
-            self.wfile.write(SMALL)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.2:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with image_host(default=SMALL, drip_every_s=0.5, drip_s=drip_s) as host:
+        yield host.base
 
 
 def _request(url: str, images: list[str]) -> tuple[int, float]:
@@ -124,7 +94,7 @@ def scenario(url: str, heavy: list[str], small: str, *, runs: int, head_start_s:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fairness",
+    p = argparse.ArgumentParser(prog="python -m bench.studies.fairness",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--slow-urls", type=int, default=40,
                    help="URLs of the heavy request (more than URL_FETCH_CONCURRENCY, 32)")
@@ -143,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     costly = [base64.b64encode(x).decode() for x in costly_pngs(args.costly)]
     with fake_predictor("ok") as grpc, slow_host(args.drip) as host, \
-            run_transformer(grpc, env, log_dir / "fairness.log") as (url, _):
+            run_transformer(grpc, env, log_dir / "fairness.log", own_session=True) as t:
+        url = t.url
         results["slow_urls"] = scenario(
             url, [f"{host}/slow/{i}" for i in range(args.slow_urls)], f"{host}/small.png",
             runs=args.runs, head_start_s=1.0)
@@ -157,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{results['costly_decodes']['small_median_s']} s, worst "
               f"{results['costly_decodes']['small_worst_s']} s (heavy request "
               f"{results['costly_decodes']['heavy_s']} s)", flush=True)
-    line = reproduce("bench.fairness", argv)
+    line = reproduce("bench.studies.fairness", argv)
     print(line)
     out = RESULTS_DIR / "fairness.json"
     out.write_text(json.dumps({"machine": m, "args": vars(args), **results,

@@ -2,7 +2,7 @@
 the spread over independent draws of synthetic embeddings, and the bootstrap's own spread
 on one draw, for docs/evaluation.md.
 
-    python -m bench.eval_spread [--sizes 100,1000,10000] [--draws 5,5,2] [--boot 20,20,0]
+    python -m bench.studies.eval_spread [--sizes 100,1000,10000] [--draws 5,5,2] [--boot 20,20,0]
 
 The sets are synthetic DreamSim-like embeddings (768-d, per-row mean subtracted, unit
 norm) from two fixed anisotropic Gaussians (a decaying spectrum, as real features have):

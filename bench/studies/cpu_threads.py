@@ -1,4 +1,4 @@
-"""``python -m bench.cpu_threads``: torch's own thread count against the predictor's, under
+"""``python -m bench.studies.cpu_threads``: torch's own thread count against the predictor's, under
 a CPU limit.
 
 torch sizes its intra-op pool from the cores it sees; a container's CPU limit (the cgroup
@@ -11,8 +11,8 @@ the two thread counts, and prints images/s and how often the kernel throttled th
 
 Run it where the limit is, that is inside a container:
 
-    python -m bench.cpu_threads --docker IMAGE --cpus 1
-    python -m bench.cpu_threads --docker IMAGE --cpus 1 --cpuset-cpus 0
+    python -m bench.studies.cpu_threads --docker IMAGE --cpus 1
+    python -m bench.studies.cpu_threads --docker IMAGE --cpus 1 --cpuset-cpus 0
 
 ``--docker`` builds the test checkpoint here if needed, then runs this same module inside
 ``IMAGE`` (the predictor image: its torch, this checkout mounted read-only) with
@@ -33,7 +33,7 @@ from typing import Any
 from bench.machine import machine_info
 from bench.settings import choose_weights, read_settings, reproduce
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cpu_stat() -> dict[str, int]:
@@ -124,7 +124,7 @@ def run_in_docker(args: argparse.Namespace) -> int:
         env += ["-e", f"TORCH_THREADS={os.environ['TORCH_THREADS']}"]
     cmd = ["docker", "run", "--rm", *limits, *env, "--read-only", "--tmpfs", "/tmp",
            "-v", f"{REPO}:/src:ro", "-v", f"{s.weights_dir}:/weights:ro", "-w", "/src",
-           "--entrypoint", "python", args.docker, "-m", "bench.cpu_threads",
+           "--entrypoint", "python", args.docker, "-m", "bench.studies.cpu_threads",
            "--rounds", str(args.rounds), "--images", str(args.images),
            "--batch", str(args.batch)]
     print(f"docker run {' '.join(limits)} {args.docker}", flush=True)
@@ -132,7 +132,7 @@ def run_in_docker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.cpu_threads", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.studies.cpu_threads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds [4]")
     p.add_argument("--images", type=int, default=32, help="images per round [32]")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {m['cpu']}, {m['cores']} cores seen, {m['usable_cores']} in the "
           f"affinity", flush=True)
     measure(args.rounds, args.images, args.batch)
-    print(reproduce("bench.cpu_threads", argv if argv is not None else sys.argv[1:]))
+    print(reproduce("bench.studies.cpu_threads", argv if argv is not None else sys.argv[1:]))
     return 0
 
 

@@ -1,6 +1,6 @@
-"""``python -m bench.spreading``: how a transformer's calls split over predictor replicas.
+"""``python -m bench.studies.spreading``: how a transformer's calls split over predictor replicas.
 
-Three (``--backends``) predictors behind ``tests/tcp_balancer.py``, a TCP balancer that
+Three (``--backends``) predictors behind ``testing/tcp_balancer.py``, a TCP balancer that
 like kube-proxy picks a backend once per connection (``round-robin``: IPVS's default;
 ``random``: iptables mode), and a real transformer pointed at the balancer, as it is at a
 ClusterIP Service. Concurrent clients send ``/similarity`` requests; printed for each
@@ -8,7 +8,7 @@ ClusterIP Service. Concurrent clients send ``/similarity`` requests; printed for
 their shares, and the connections each got. ``PREDICTOR_CONNECTIONS=1`` is the old client
 (one channel): every call on one predictor.
 
-The predictors are the FAKE one (``tests/transformer/fake_predictor.py``: constant
+The predictors are the FAKE one (``testing/fake_predictor.py``: constant
 embeddings after ``--delay-ms``, over the same gRPC v2 protocol): the split is a property
 of the connections and of the client's scheduling, not of the model, and this machine
 cannot run three real models at a useful rate. The predictor's other half
@@ -29,11 +29,11 @@ from pathlib import Path
 import httpx
 
 from bench.machine import machine_info
-from bench.service import run_transformer
 from bench.settings import RESULTS_DIR, reproduce
-from tests.tcp_balancer import Policy, TcpBalancer
-from tests.test_e2e import b64, distinct_images
-from tests.transformer.fake_predictor import fake_predictor
+from testing.fake_predictor import fake_predictor
+from testing.images import b64, distinct_images
+from testing.procs import run_transformer
+from testing.tcp_balancer import Policy, TcpBalancer
 
 
 def _calls(log: Path) -> int:
@@ -64,7 +64,7 @@ def _list(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.spreading",
+    p = argparse.ArgumentParser(prog="python -m bench.studies.spreading",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--backends", type=int, default=3, help="predictor replicas [3]")
     p.add_argument("--connections", default="1,3,8",
@@ -102,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
                 before = [_calls(log) for _, log in backends]
                 with balancer.serving() as address, run_transformer(
                         address, {**env, "PREDICTOR_CONNECTIONS": str(connections)},
-                        log_dir / "spreading-transformer.log") as (url, _):
-                    rate = _load(url, clients=args.clients, requests=args.requests)
+                        log_dir / "spreading-transformer.log", own_session=True) as t:
+                    rate = _load(t.url, clients=args.clients, requests=args.requests)
                 split = [_calls(log) - b for (_, log), b in zip(backends, before, strict=True)]
                 total = sum(split) or 1
                 shares = " / ".join(f"{100 * n / total:.0f}%" for n in split)
                 print(f"policy={policy} PREDICTOR_CONNECTIONS={connections}: calls per "
                       f"predictor {split} = {shares} of {sum(split)}; connections per "
                       f"predictor {balancer.connections}; {rate:.0f} requests/s", flush=True)
-    print(reproduce("bench.spreading", argv))
+    print(reproduce("bench.studies.spreading", argv))
     return 0
 
 

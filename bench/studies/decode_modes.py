@@ -1,4 +1,4 @@
-"""``python -m bench.decode_modes``: what DECODE_MODE=fast (JPEG draft decoding) costs in
+"""``python -m bench.studies.decode_modes``: what DECODE_MODE=fast (JPEG draft decoding) costs in
 fidelity and buys in speed, on real photographs at realistic sizes.
 
 Decodes the same JPEGs (400-1024 px) exactly as DreamSim does and with ``Image.draft``,
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.images import make_images
 from predictor.checkpoint import WeightsError, check_files
 from predictor.layout import get_variant
 from predictor.model import load_model
+from testing.photos import make_images
 from transformer.images import decode_image
 
 
@@ -29,7 +29,7 @@ def _weights(model_type: str) -> tuple[Path, str]:
         check_files(real.resolve(), get_variant(model_type))
         return real, "real weights"
     except WeightsError:
-        from tests.checkpoints import build_upstream_cache
+        from testing.checkpoints import build_upstream_cache
 
         cache = Path(".cache/bench-weights") / model_type
         if not (cache / "checkpoints").is_dir():

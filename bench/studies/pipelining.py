@@ -1,4 +1,4 @@
-"""``python -m bench.pipelining``: does overlapping decoding with inference pay?
+"""``python -m bench.studies.pipelining``: does overlapping decoding with inference pay?
 
 The transformer sends a request's distinct images to the predictor in chunks of
 PIPELINE_CHUNK_IMAGES as soon as they are decoded (0: all of them in one call, after
@@ -27,10 +27,10 @@ import sys
 import httpx
 
 from bench.http_client import Deadline, post, request_body
-from bench.images import make_images
 from bench.machine import machine_info
-from bench.service import run_predictor, run_transformer
 from bench.settings import PIPELINE_CHUNK, RESULTS_DIR, choose_weights, read_settings, reproduce
+from testing.photos import make_images
+from testing.procs import run_predictor, run_transformer
 
 
 def measure(layout: str, env: dict[str, str], chunk: int, requests: list[bytes], pairs: int
@@ -49,15 +49,15 @@ def measure(layout: str, env: dict[str, str], chunk: int, requests: list[bytes],
     times: dict[int, list[float]] = {chunk: [], 0: []}
     deadline = Deadline(at=float("inf"))
     with contextlib.ExitStack() as stack:
-        grpc, _, _ = stack.enter_context(run_predictor(
-            penv, RESULTS_DIR / "logs" / f"pipelining-{layout}-predictor.log",
-            cpus=predictor_cpus))
+        grpc = stack.enter_context(run_predictor(
+            penv, RESULTS_DIR / "logs" / f"pipelining-{layout}-predictor.log", timeout_s=300,
+            cpus=predictor_cpus, own_session=True)).grpc
         urls = {}
         for c in (chunk, 0):
-            urls[c], _ = stack.enter_context(run_transformer(
+            urls[c] = stack.enter_context(run_transformer(
                 grpc, {**tenv, "PIPELINE_CHUNK_IMAGES": str(c)},
                 RESULTS_DIR / "logs" / f"pipelining-{layout}-transformer-{c}.log",
-                cpus=transformer_cpus))
+                cpus=transformer_cpus, own_session=True)).url
         http = stack.enter_context(httpx.Client())
         for c in (chunk, 0):  # warm-up
             post(http, urls[c], requests[-1], pairs, deadline)
@@ -70,7 +70,7 @@ def measure(layout: str, env: dict[str, str], chunk: int, requests: list[bytes],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.pipelining",
+    p = argparse.ArgumentParser(prog="python -m bench.studies.pipelining",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=30, help="pairs per request [30]")
     p.add_argument("--requests", type=int, default=6, help="requests per layout [6]")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"one call {off:.3f} s (medians of {args.requests}): {off / on:.3f}x; "
                        f"chunks faster in {faster} of {args.requests} requests")
     print("\n".join(summary))
-    print(reproduce("bench.pipelining", argv))
+    print(reproduce("bench.studies.pipelining", argv))
     return 0
 
 
