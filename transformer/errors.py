@@ -95,6 +95,14 @@ class PredictorFailed(ServiceError):
     status_code = 502
 
 
+class ModelChanged(ServiceError):
+    """The answers of one request came from two model identities (a predictor replaced
+    while it ran, or cached embeddings of the model before): its distances would mix two
+    models. The route answers it once more from scratch; a second time, this 503."""
+
+    status_code = 503
+
+
 class BodyTimeout(ServiceError):
     """The request body did not arrive within ``BODY_READ_TIMEOUT``."""
 

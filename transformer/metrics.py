@@ -40,6 +40,10 @@ CACHE_MISSES = Counter("similarity_embedding_cache_misses_total", "Images not in
 IMAGES = Counter("similarity_images_total", "Image inputs by outcome", ["outcome"])
 CLIENT_DISCONNECTS = Counter("similarity_client_disconnects_total",
                              "Clients that went away before their request body was read")
+MODEL_CHANGED_RETRIES = Counter(
+    "similarity_model_changed_retries_total",
+    "Requests answered again because their answers came from two model identities (a "
+    "predictor replaced while they ran, or cached embeddings of the model before)")
 HTTP_REFUSED = Counter("similarity_http_refused_total",
                        "Connections closed before a request reached the app (http_guard.py), "
                        "by reason: connections, idle_evicted, header_timeout, header_limit",

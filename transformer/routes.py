@@ -33,7 +33,7 @@ from . import access_log, metrics, openai_api, routes_guard
 from .body import load_json, request_body
 from .budget import RequestBudget, spending
 from .embeddings import RenderedList
-from .errors import ClientGone, RequestTimeout, ServiceError
+from .errors import ClientGone, ModelChanged, RequestTimeout, ServiceError
 from .requests import IMAGES, OPENAI_EMBEDDINGS, PAIRS, Parsed, RequestKind
 from .schemas import (
     EmbedRequest,
@@ -179,7 +179,12 @@ async def serve(service: SimilarityTransformer, request: Request, route: Route) 
             headers[CACHE_CLIENT] = client
 
         async def process(parsed: Parsed[Any]) -> dict[str, Any]:
-            result, _ = await service(parsed, headers=headers)
+            try:
+                result, _ = await service(parsed, headers=headers)
+            except ModelChanged as e:  # the model's answers now empty the cache: once more
+                log.info("%s (%s): answering the request again", e.detail, e.log_detail)
+                metrics.MODEL_CHANGED_RETRIES.inc()
+                result, _ = await service(parsed, headers=headers)
             return result  # type: ignore[no-any-return]
 
         result = await admit(service, request,

@@ -34,7 +34,7 @@ from . import access_log, metrics
 from .admission import Admission, ByteBudget
 from .cache import EmbeddingCache, partition_of
 from .decoders import warm_up as warm_up_decoders
-from .errors import PredictorFailed, ServiceError
+from .errors import ModelChanged, PredictorFailed, ServiceError
 from .fetch import make_client
 from .http_guard import HeadLimits, guarded_protocol
 from .inputs import ImageLoader, LoadedImages
@@ -141,17 +141,22 @@ class SimilarityTransformer(Model):
         partition = partition_of(self.settings.embedding_cache_scope,
                                  (headers or {}).get(CACHE_CLIENT))
         if self.cache.enabled and plan.inputs and partition is not None:
-            # Ask which model answers now (an empty batch, no model run): a predictor
-            # restarted with other weights or settings must never be served old embeddings.
-            # Not remembered from earlier answers, as nothing reliably says a predictor was
-            # replaced since: the pool reads its channels' state only when it picks one
-            # (channels.py), so a reconnect between two requests goes unseen; under
-            # round_robin a channel stays READY while one subchannel reconnects to a new
-            # pod; behind a sidecar proxy the connection outlives the pods behind it; and a
-            # request whose images are all cached makes no other call that would report
-            # the identity. (``predict`` checks each answer's model_id again before caching.)
-            self._update_info(await self.predictor.describe(
-                timeout_s=min(5.0, self.settings.predictor_timeout)))
+            # The cache is read under the model identity the predictor last reported (every
+            # answer carries it), when that report is at most MODEL_IDENTITY_MAX_AGE_S old;
+            # else an empty batch (no model run) asks which model answers now. Nothing
+            # reliably says that a predictor was replaced between two answers (a reconnect
+            # goes unseen by the channel pool until it picks the channel; under round_robin
+            # a channel stays READY while a subchannel reconnects to a new pod; behind a
+            # sidecar the connection outlives the pods), so ``predict`` checks every
+            # answer: one from another model than the cache was read under is not mixed
+            # with the cached rows (ModelChanged: the route answers the request again).
+            # What the window leaves: a request whose images are all cached, within that
+            # many seconds of the old model's last answer, gets the old model's embeddings,
+            # as it would have had it come that much earlier.
+            if (time.monotonic() - self._info_at >= self.settings.model_identity_max_age_s
+                    or "model_id" not in self.predictor_info):
+                self._update_info(await self.predictor.describe(
+                    timeout_s=min(5.0, self.settings.predictor_timeout)))
             identity = self.predictor_info.get("model_id")
         # Distinct images go to the predictor in chunks while the rest still decode.
         sender = ChunkSender(self._embed_chunk, chunk_images=self.settings.pipeline_chunk_images)
@@ -180,10 +185,17 @@ class SimilarityTransformer(Model):
             results = await loaded.sender.results()
             for result in results:
                 self._update_info(result.info)
+            answered_by = {r.info.get("model_id") for r in results}
+            if len(answered_by) > 1 or (len(loaded.cached)
+                                        and answered_by != {payload.model_identity}):
+                raise ModelChanged(
+                    "the predictor's model changed while the request ran (a rollout?); "
+                    "send it again", retry_after_s=1,
+                    log_detail=f"cache read under {payload.model_identity!r}, answers from "
+                               f"{sorted(map(str, answered_by))}")
             vectors = results[0].vectors if len(results) == 1 else np.concatenate(
                 [r.vectors for r in results])
-            if payload.model_identity and all(
-                    r.info.get("model_id") == payload.model_identity for r in results):
+            if payload.model_identity and answered_by == {payload.model_identity}:
                 for key, vector in zip(loaded.keys, vectors, strict=True):
                     if key is not None:
                         self.cache.put(key, vector.copy())

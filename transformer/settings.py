@@ -111,6 +111,11 @@ class TransformerSettings(LogSettings):
         "authorization", min_length=1, max_length=100,
         description="with EMBEDDING_CACHE_SCOPE=client, the request header naming the client "
                     "(set by the gateway); requests without it are not cached")
+    model_identity_max_age_s: float = Field(
+        5.0, ge=0, le=3600,
+        description="seconds the predictor's model identity, as its last answer reported "
+                    "it, is trusted for reading the embedding cache before an empty batch "
+                    "asks again (0: ask before every request that reads the cache)")
     pipeline_chunk_images: int = Field(
         16, ge=0, le=4096,
         description="distinct images sent to the predictor per call as soon as they are "

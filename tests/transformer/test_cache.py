@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from testing.images import check_response, distinct_images
-from testing.procs import Predictor
+from testing.procs import Predictor, free_port, predictor_cmd, running, wait_http_ok
 from tests.conftest import start_transformer
 from transformer.cache import EmbeddingCache, cache_key, partition_of
 
@@ -167,3 +167,63 @@ def test_health_asks_again_once_the_report_is_old() -> None:
     stand_in.model_type = "clip_vitb32"  # the predictor was replaced
     service._info_at -= server.INFO_MAX_AGE_S  # and no answer came since
     assert asyncio.run(model_type()) == "clip_vitb32" and stand_in.asked == 2
+
+
+@pytest.mark.slow
+def test_a_predictor_replaced_by_another_model_is_never_mixed_with_the_cache(
+        dino_weights_dir: Path, tmp_path: Path) -> None:
+    """The cache is read under the model identity the predictor last reported
+    (MODEL_IDENTITY_MAX_AGE_S, here long enough that the replacement goes unseen until an
+    answer tells it). A request with a cached image and a new one, sent once the predictor
+    has been replaced by another (bf16) on the same address, gets answers from the new
+    model for the new image: the request is answered again from scratch, and its distance
+    is the new model's alone, not the old image embedding's against the new one."""
+    x, y, z = (base64.b64encode(i).decode() for i in distinct_images(3, size=96))
+    http_port, grpc_port = free_port(), free_port()
+    grpc = f"127.0.0.1:{grpc_port}"
+    ready = f"http://127.0.0.1:{http_port}/v2/models/dreamsim/ready"
+    old = {"MODEL_CACHE_DIR": str(dino_weights_dir), "DEVICE": "cpu"}
+    new = {**old, "PRECISION": "bf16"}  # another model identity, the same embedding size
+
+    def post(url: str, path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{url}/{path}", json=body, timeout=120)
+
+    def retries(url: str) -> float:
+        return _counter(httpx.get(f"{url}/metrics", timeout=10).text,
+                        "similarity_model_changed_retries_total")
+
+    log = tmp_path / "transformer.log"
+    with start_transformer(grpc, log, env={"MODEL_IDENTITY_MAX_AGE_S": "600"},
+                           wait_healthy=False) as url:
+        with running(predictor_cmd(http_port, grpc_port), env=old,
+                     log_path=tmp_path / "old.log") as first:
+            wait_http_ok(ready, timeout_s=120, proc=first)
+            r = post(url, "embed", {"images": [{"image": x}]})  # x cached, old model
+            assert r.status_code == 200, r.text
+            old_x = np.array(r.json()["embeddings"][0]["embedding"])
+        with running(predictor_cmd(http_port, grpc_port), env=new,
+                     log_path=tmp_path / "new.log") as second:
+            wait_http_ok(ready, timeout_s=180, proc=second)
+            for _ in range(60):  # the transformer's channel reconnects (503 meanwhile)
+                r = post(url, "similarity", {"pairs": [{"reference_image": x,
+                                                         "generated_image": z}]})
+                if r.status_code != 503:
+                    break
+            assert r.status_code == 200, r.text
+            assert retries(url) == 1
+            mixed = r.json()["scores"][0]["distance"]
+            # The new model alone, from a transformer without a cache.
+            with start_transformer(grpc, tmp_path / "uncached.log",
+                                   env={"EMBEDDING_CACHE_SIZE": "0"}) as plain:
+                r = post(plain, "embed", {"images": [{"image": x}, {"image": z}]})
+                new_x, new_z = (np.array(e["embedding"]) for e in r.json()["embeddings"])
+                alone = post(plain, "similarity", {"pairs": [
+                    {"reference_image": x, "generated_image": z}]}).json()["scores"][0]
+            # Cached x and y again: y is new to the new model, x was cached by the retry.
+            r = post(url, "similarity", {"pairs": [{"reference_image": x,
+                                                     "generated_image": y}]})
+            assert r.status_code == 200 and retries(url) == 1, r.text
+    assert abs(mixed - alone["distance"]) < 1e-6
+    assert abs(mixed - (1 - float(new_x @ new_z))) < 1e-5
+    assert abs(mixed - (1 - float(old_x @ new_z))) > 1e-4  # what mixing would have given
+    assert "answering the request again" in log.read_text()
