@@ -30,7 +30,7 @@ from tests.conftest import start_transformer
 
 pytestmark = pytest.mark.slow
 
-DRIP_S = 20.0
+DRIP_S = 10.0  # the heavy request: 4 URLs, 2 at a time, ends after 2 x DRIP_S
 ENV = {"DECODE_WORKERS": "1", "URL_FETCH_CONCURRENCY": "4", "URL_FETCH_PER_REQUEST": "2",
        "MAX_CONCURRENT_REQUESTS": "2", "URL_FETCH_TIMEOUT": "60", "REQUEST_TIMEOUT": "30",
        "EMBEDDING_CACHE_SIZE": "0"}
