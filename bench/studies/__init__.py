@@ -8,6 +8,7 @@ spread over replicas...), prints its figures and writes them under ``bench/resul
 - ``decode_modes``: what DECODE_MODE=fast costs in fidelity and buys in speed.
 - ``eval_spread``: how stable ``compare``'s figures are with the set size.
 - ``fairness``: a small request's time beside one of many slow URLs or costly images.
+- ``model_identity``: what asking the model identity before every cached request costs.
 - ``pipelining``: overlapping decoding with inference, or not.
 - ``spreading``: how a transformer's calls split over predictor replicas.
 
